@@ -1,0 +1,3 @@
+"""inscale: an ONNX model-serving microservice with dynamic request batching."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""`inscale serve` and `inscale models`.
+
+Flags are written into INSCALE_* environment variables and the settings are read from the
+environment, so worker processes (`--workers N`) see exactly what the parent saw.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+from pydantic import ValidationError
+
+from service import __version__
+from service.errors import InscaleError
+from service.logs import configure_logging
+from service.repository import ModelRepository
+from service.settings import ServerSettings
+
+_SERVE_FLAGS = {
+    "model_repository": "INSCALE_MODEL_REPOSITORY",
+    "host": "INSCALE_HOST",
+    "port": "INSCALE_PORT",
+    "workers": "INSCALE_WORKERS",
+    "log_level": "INSCALE_LOG_LEVEL",
+    "log_format": "INSCALE_LOG_FORMAT",
+    "model_control": "INSCALE_MODEL_CONTROL",
+    "default_model": "INSCALE_DEFAULT_MODEL",
+    "providers": "INSCALE_PROVIDERS",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inscale", description="ONNX model serving.")
+    parser.add_argument("--version", action="version", version=f"inscale {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a model repository over HTTP")
+    serve.add_argument("--model-repository", type=Path, help="default: the bundled models")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--workers", type=int, help="server processes (default 1)")
+    serve.add_argument(
+        "--log-level", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument("--log-format", choices=["json", "text"])
+    serve.add_argument(
+        "--model-control",
+        choices=["all", "explicit"],
+        help="all: load every model at start; explicit: only what the API loads",
+    )
+    serve.add_argument("--default-model", help="model for /predict requests that name none")
+    serve.add_argument("--providers", help="comma-separated, e.g. cuda,cpu (default cpu)")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+
+    models = commands.add_parser("models", help="list what a repository would load, and why not")
+    models.add_argument("repository", nargs="?", type=Path, help="default: the bundled models")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "models":
+        return _list_models(args.repository)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    for attr, env in _SERVE_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            os.environ[env] = str(value.resolve() if isinstance(value, Path) else value)
+    try:
+        settings = ServerSettings()
+    except ValidationError as exc:
+        print(f"inscale: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "service.http.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,  # ours, set above (and again in each worker by the factory)
+        log_level=settings.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        backlog=2048,
+        server_header=False,
+    )
+    return 0
+
+
+def _list_models(path: Path | None) -> int:
+    settings = ServerSettings(model_repository=path) if path else ServerSettings()
+    repository = ModelRepository(settings.repository_path())
+    if not repository.root.is_dir():
+        print(f"inscale: {repository.root} is not a folder", file=sys.stderr)
+        return 2
+    print(f"repository: {repository.root}")
+    failures = 0
+    for name in repository.names():
+        try:
+            source = repository.describe(name)
+        except InscaleError as exc:
+            print(f"  {name}: cannot load: {exc.message}")
+            failures += 1
+            continue
+        versions = ", ".join(map(str, source.versions)) or "none"
+        status = "ok" if not source.problems else "cannot load: " + "; ".join(source.problems)
+        config = source.config_file.name if source.config_file else "no config (defaults)"
+        print(f"  {name}: versions {versions}; {config}; {status}")
+        failures += bool(source.problems)
+    if not repository.names():
+        print("  (no model folders)")
+    return 1 if failures else 0

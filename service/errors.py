@@ -1,0 +1,58 @@
+"""Errors raised by the serving core.
+
+They carry no HTTP: the HTTP layer maps each family to a status in one table
+(`service/http/errors.py`). Messages are written for the user who sent the request and
+name the thing that was wrong, so they can be returned as they are.
+"""
+
+
+class InscaleError(Exception):
+    """Base of every error the core raises on purpose."""
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+
+class InvalidInput(InscaleError):
+    """The request is malformed or does not match the model's signature."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """The body, or a tensor it declares, is larger than the configured limit."""
+
+
+class ModelNotFound(InscaleError):
+    """No such model or version in the repository."""
+
+
+class ModelNotReady(InscaleError):
+    """The model exists but cannot serve now (loading, failed, unloading, shutting down)."""
+
+
+class Unsupported(InscaleError):
+    """The request asks for something the model or server cannot do (e.g. BF16 data)."""
+
+
+class QueueFull(InscaleError):
+    """Back-pressure: the model's queue is at its bound; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(InscaleError):
+    """The request was still queued when its deadline passed."""
+
+
+class ModelExecutionError(InscaleError):
+    """The model raised while running a batch. The message is logged, never sent."""
+
+
+class ModelLoadError(InscaleError):
+    """A model could not be loaded (corrupt file, bad config, no usable provider)."""
+
+
+class ConfigError(ModelLoadError):
+    """A model's config file is missing required structure or has invalid values."""

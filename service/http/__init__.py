@@ -1,0 +1,1 @@
+"""The HTTP layer: the only part of inscale that imports FastAPI or Starlette."""
