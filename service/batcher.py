@@ -3,8 +3,9 @@
 Requests wait in a bounded FIFO. A loop takes an idle instance slot, then cuts a batch from
 the queue when one of these holds, checked in this order:
 
-1. the rows waiting (compatible with the oldest request) fill `max_batch_size`, or a FIFO
-   prefix of them adds up to the largest preferred batch size;
+1. the rows waiting (compatible with the oldest request) fill `max_batch_size`; or a FIFO
+   prefix of them adds up to the largest preferred batch size; or all of them add up to a
+   smaller preferred size;
 2. the oldest request is alone in the queue: an idle instance runs it at once, so a lone
    request is never held back by `max_queue_delay`;
 3. `max_queue_delay` has passed since the oldest request was queued.
@@ -344,7 +345,10 @@ class Batcher(Generic[T, R]):
                 full = True
                 break
         preferred_cut = self._preferred_prefix(plan.items)
-        if preferred_cut is not None and preferred_cut[1] == policy.preferred_batch_sizes[-1]:
+        if preferred_cut is not None and (
+            preferred_cut[1] == policy.preferred_batch_sizes[-1]  # the largest one
+            or (preferred_cut[0] == len(plan.items) and not full)  # all that waits
+        ):
             plan.items = plan.items[: preferred_cut[0]]
             plan.ready = True
             return plan

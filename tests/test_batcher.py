@@ -1,0 +1,281 @@
+"""The generic batcher, driven with plain Python payloads and a run_batch we control.
+
+Timing is controlled with threading events inside run_batch (the batch in flight waits until
+the test releases it), so the queue's state is known when the assertions run.
+"""
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from service.batcher import (
+    BatchFailedError,
+    Batcher,
+    BatchPolicy,
+    BatchRecord,
+    DeadlineError,
+    DropReason,
+    QueueFullError,
+)
+
+
+class Recorder:
+    """run_batch that records each batch, optionally blocking until released."""
+
+    def __init__(self, block: bool = False) -> None:
+        self.batches: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not block:
+            self.release.set()
+
+    def __call__(self, payloads: Sequence[int]) -> list[int]:
+        self.batches.append(list(payloads))
+        self.started.set()
+        self.release.wait(10)
+        return [p * 10 for p in payloads]
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.records: list[BatchRecord] = []
+        self.drops: list[DropReason] = []
+
+    def batch_finished(self, record: BatchRecord) -> None:
+        self.records.append(record)
+
+    def request_dropped(self, reason: DropReason) -> None:
+        self.drops.append(reason)
+
+
+def policy(**overrides: object) -> BatchPolicy:
+    values: dict[str, object] = {"max_batch_size": 8, "max_queue_delay_s": 30.0}
+    values.update(overrides)
+    return BatchPolicy(**values)  # type: ignore[arg-type]
+
+
+async def wait_until_started(recorder: Recorder) -> None:
+    await asyncio.to_thread(recorder.started.wait, 10)
+    recorder.started.clear()
+
+
+async def test_requests_queued_behind_a_running_batch_are_merged_in_order() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=4))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
+    await asyncio.sleep(0)  # let the submits enqueue
+    assert batcher.stats().queued == 4
+    run.release.set()
+    assert await first == 0
+    assert await asyncio.gather(*rest) == [10, 20, 30, 40]
+    assert run.batches == [[0], [1, 2, 3, 4]]
+    assert batcher.stats().runs == 2
+    await batcher.close()
+
+
+async def test_a_lone_request_runs_at_once_despite_a_long_queue_delay() -> None:
+    run = Recorder()
+    batcher: Batcher[int, int] = Batcher(run, policy(max_queue_delay_s=3600.0))
+    batcher.start()
+    # With a one-hour delay, only the "lone request on an idle instance" rule can finish this.
+    assert await asyncio.wait_for(batcher.submit(7), timeout=5) == 70
+    await batcher.close()
+
+
+async def test_partial_batch_waits_for_the_delay_then_runs() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=8, max_queue_delay_s=0.05))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await first
+    # Two requests queued (not lone, not full): they go together once the delay has passed.
+    assert await asyncio.gather(*queued) == [10, 20]
+    assert run.batches[1] == [1, 2]
+    await batcher.close()
+
+
+async def test_rows_never_exceed_max_batch_size_and_requests_are_not_split() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=5))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0, rows=1))
+    await wait_until_started(run)
+    tasks = [asyncio.create_task(batcher.submit(i, rows=2)) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await asyncio.gather(first, *tasks)
+    assert run.batches[1:] == [[1, 2], [3]]  # 2+2 rows, then 2 more: never 6 rows in one run
+    with pytest.raises(ValueError, match="exceed max_batch_size"):
+        await batcher.submit(9, rows=6)
+    await batcher.close()
+
+
+async def test_requests_with_different_keys_never_share_a_batch() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=3))
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0, key="a"))
+    await wait_until_started(run)
+    tasks = [asyncio.create_task(batcher.submit(i, key="ab"[i % 2])) for i in range(1, 7)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await asyncio.gather(first, *tasks)
+    # Even payloads are key a, odd key b: each batch is full (3 rows) and of one key.
+    assert run.batches[1:] == [[1, 3, 5], [2, 4, 6]]
+    await batcher.close()
+
+
+async def test_preferred_batch_size_is_cut_as_soon_as_it_can_be_formed() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(
+        run, policy(max_batch_size=8, preferred_batch_sizes=(2, 4))
+    )
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 7)]
+    await asyncio.sleep(0)
+    run.release.set()
+    await asyncio.gather(first, *tasks)
+    # Six queued: the largest preferred size (4) goes first, then the remaining two (also
+    # preferred), well before the 30 s delay.
+    assert run.batches[1:] == [[1, 2, 3, 4], [5, 6]]
+    await batcher.close()
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    run = Recorder(block=True)
+    observer = Observer()
+    batcher: Batcher[int, int] = Batcher(
+        run, policy(max_queue_size=2, max_queue_delay_s=0.0), observer=observer
+    )
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="queue is full"):
+        await batcher.submit(3)
+    assert batcher.stats().rejected == 1
+    assert observer.drops == [DropReason.REJECTED]
+    run.release.set()
+    await asyncio.gather(running, *queued)
+    await batcher.close()
+
+
+async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy())
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineError):
+        await batcher.submit(1, deadline=loop.time() + 0.05)
+    stats = batcher.stats()
+    assert (stats.expired, stats.queued, stats.queued_rows) == (1, 0, 0)
+    run.release.set()
+    await running
+    assert all(1 not in batch for batch in run.batches)
+    await batcher.close()
+
+
+async def test_abandoned_request_leaves_the_queue_and_others_are_served() -> None:
+    run = Recorder(block=True)
+    observer = Observer()
+    batcher: Batcher[int, int] = Batcher(run, policy(), observer=observer)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    gone: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    leaving = asyncio.create_task(batcher.submit(1, abandon_on=gone))
+    staying = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0)
+    gone.set_result(None)  # the client disconnected
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert batcher.stats().cancelled == 1
+    assert observer.drops == [DropReason.CANCELLED]
+    run.release.set()
+    assert await running == 0
+    assert await staying == 20
+    assert [p for b in run.batches for p in b] == [0, 2]
+    await batcher.close()
+
+
+async def test_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
+    def run(payloads: Sequence[int]) -> list[int]:
+        if -1 in payloads:
+            raise RuntimeError("boom")
+        return list(payloads)
+
+    observer = Observer()
+    batcher: Batcher[int, int] = Batcher(run, policy(), observer=observer)
+    batcher.start()
+    with pytest.raises(BatchFailedError, match="boom"):
+        await batcher.submit(-1)
+    assert await batcher.submit(5) == 5
+    assert [r.failed for r in observer.records] == [True, False]
+    stats = batcher.stats()
+    assert (stats.failed, stats.succeeded, stats.runs) == (1, 1, 2)
+    await batcher.close()
+
+
+async def test_result_count_mismatch_is_a_batch_failure() -> None:
+    batcher: Batcher[int, int] = Batcher(lambda payloads: [], policy())
+    batcher.start()
+    with pytest.raises(BatchFailedError, match="returned 0 results for 1 requests"):
+        await batcher.submit(1)
+    await batcher.close()
+
+
+async def test_instances_run_batches_in_parallel() -> None:
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(payloads: Sequence[int]) -> list[int]:
+        both_running.wait()  # deadlocks (BrokenBarrierError) unless two runs overlap
+        return list(payloads)
+
+    batcher: Batcher[int, int] = Batcher(run, policy(instances=2, max_batch_size=1))
+    batcher.start()
+    assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
+    await batcher.close()
+
+
+async def test_drain_finishes_queued_work_and_refuses_new_requests() -> None:
+    run = Recorder(block=True)
+    batcher: Batcher[int, int] = Batcher(run, policy())
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    queued = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    draining = asyncio.create_task(batcher.drain(timeout_s=10))
+    await asyncio.sleep(0)
+    assert not draining.done()
+    run.release.set()
+    assert await draining is True
+    assert (await running, await queued) == (0, 10)
+    assert batcher.closed
+    await batcher.close()
+
+
+async def test_observer_sees_rows_and_queue_times() -> None:
+    observer = Observer()
+    batcher: Batcher[int, int] = Batcher(Recorder(), policy(), observer=observer)
+    batcher.start()
+    await batcher.submit(1, rows=3)
+    (record,) = observer.records
+    assert (record.requests, record.rows, record.failed) == (1, 3, False)
+    assert len(record.queue_seconds) == 1 and record.queue_seconds[0] >= 0
+    assert record.compute_seconds >= 0
+    await batcher.close()
