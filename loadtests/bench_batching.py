@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from bench_models import WIDE_ONNX, build_repository
 
 HERE = Path(__file__).resolve().parent

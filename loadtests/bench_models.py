@@ -1,10 +1,11 @@
-"""Raw in-process ONNX Runtime timing: the compute floor that batching over HTTP is judged against.
+"""The models bench_batching.py serves, and their raw ONNX Runtime timing (the compute floor).
 
-bench_batching.py runs this as its own process under `taskset`, so ONNX Runtime sizes its thread
-pool for the same single core the server gets. Prints one JSON line:
+bench_batching.py imports `build_repository` and runs this file as its own process under
+`taskset`, so ONNX Runtime sizes its thread pool for the same single core the server gets.
+As a script it prints one JSON line:
   {"onnxruntime": "1.x", "batches": [{"batch_size": 32, "median_ms": .., "us_per_row": ..}, ..]}
 
-    python loadtests/raw_ort.py MODEL.onnx --batch-sizes 1,8,32,64 --sample sample_input.json
+    python loadtests/bench_models.py MODEL.onnx --sample sample_input.json --batch-sizes 1,8,32
 """
 
 import argparse
@@ -12,9 +13,40 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper, save
+
+WIDE_ONNX = Path(__file__).resolve().parents[1] / "service/bundled_models/digits-wide/1/model.onnx"
+
+
+def identity_model() -> Any:
+    """Same input as digits-wide and no compute: what HTTP, JSON and the batcher cost alone."""
+    spec: list[str | int | None] = ["N", 64]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, spec)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, spec)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports
+    return model
+
+
+def build_repository(root: Path, models: list[str]) -> None:
+    """wide: defaults (batching on); wide-nobatch: the same file with batching off; identity."""
+    for name in models:
+        version_dir = root / name / "1"
+        version_dir.mkdir(parents=True)
+        if name == "identity":
+            save(identity_model(), version_dir / "model.onnx")
+            continue
+        (version_dir / "model.onnx").symlink_to(WIDE_ONNX)  # 17 MB; no need to copy
+        if name == "wide-nobatch":
+            (root / name / "config.yaml").write_text("batching:\n  enabled: false\n")
 
 
 def server_default_session(model: Path) -> ort.InferenceSession:
@@ -59,7 +91,7 @@ def measure(model: Path, sample: Path, sizes: list[int], budget_s: float) -> dic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Raw ONNX Runtime time per batch size.")
     parser.add_argument("model", type=Path)
     parser.add_argument("--sample", type=Path, required=True, help="JSON with an 'inputs' list")
     parser.add_argument("--batch-sizes", default="1,8,32,64")

@@ -37,6 +37,7 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "timeout_ms": 60_000,
         },
     )
+    add_model(repo, "patient", identity(), config={"batching": {"max_queue_delay_ms": 5000}})
     broken = repo / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"this is not an onnx file")
