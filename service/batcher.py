@@ -23,6 +23,7 @@ This module imports nothing from the rest of inscale; its errors are its own.
 """
 
 import asyncio
+import dataclasses
 import enum
 import time
 from collections import deque
@@ -207,8 +208,7 @@ class Batcher(Generic[T, R]):
         return self._closed
 
     def stats(self) -> BatcherStats:
-        s = self._stats
-        return BatcherStats(**{f: getattr(s, f) for f in s.__slots__})  # type: ignore[attr-defined]
+        return dataclasses.replace(self._stats)  # a copy: callers may keep it
 
     # -- requests --------------------------------------------------------------------------
 
@@ -383,9 +383,7 @@ class Batcher(Generic[T, R]):
             stats.queued_rows -= item.rows
         stats.running += 1
         queue = self._queue
-        if queue and queue[0] is items[0] and all(
-            queue[i] is item for i, item in enumerate(items)
-        ):
+        if queue and queue[0] is items[0] and all(queue[i] is item for i, item in enumerate(items)):
             for _ in items:
                 queue.popleft()
         else:  # the batch skipped requests of another shape: keep those, in order

@@ -41,9 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--workers", type=int, help="server processes (default 1)")
-    serve.add_argument(
-        "--log-level", choices=["critical", "error", "warning", "info", "debug"]
-    )
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--log-format", choices=["json", "text"])
     serve.add_argument(
         "--model-control",

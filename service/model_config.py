@@ -100,7 +100,9 @@ class ModelConfig(_Strict):
     def provider_specs(self) -> list[ProviderConfig] | None:
         if self.providers is None:
             return None
-        return [p if isinstance(p, ProviderConfig) else ProviderConfig(name=p) for p in self.providers]
+        return [
+            p if isinstance(p, ProviderConfig) else ProviderConfig(name=p) for p in self.providers
+        ]
 
 
 def find_config_file(model_dir: Path) -> Path | None:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 ObserverFactory = Callable[[str, int], BatchObserver | None]
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     LOADING = "LOADING"
     READY = "READY"
     UNAVAILABLE = "UNAVAILABLE"
@@ -151,7 +151,9 @@ class ModelRegistry:
                 observer,
             )
         except Exception as exc:
-            reason = exc.message if isinstance(exc, InscaleError) else f"{type(exc).__name__}: {exc}"
+            reason = (
+                exc.message if isinstance(exc, InscaleError) else f"{type(exc).__name__}: {exc}"
+            )
             log.error("model %s version %d failed to load: %s", source.name, version, reason)
             if previous is None or previous.runner is None:
                 versions[version] = VersionEntry(version, ModelState.UNAVAILABLE, reason=reason)

@@ -66,7 +66,9 @@ class ModelRepository:
             problems.append(exc.message)
         available = _numbered_versions(directory)
         if not available:
-            problems.append(f"no version folder with {MODEL_FILENAME} (expected {name}/1/{MODEL_FILENAME})")
+            problems.append(
+                f"no version folder with {MODEL_FILENAME} (expected {name}/1/{MODEL_FILENAME})"
+            )
         policy = config.versions if config is not None else "latest"
         if policy == "latest":
             selected = available[-1:]

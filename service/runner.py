@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +19,12 @@ import numpy as np
 from service import batch_arrays
 from service.batch_arrays import Arrays, PadRule
 from service.batcher import (
-    BatchFailedError,
     Batcher,
     BatcherClosedError,
+    BatcherStats,
+    BatchFailedError,
     BatchObserver,
     BatchPolicy,
-    BatcherStats,
     DeadlineError,
     QueueFullError,
 )
@@ -263,9 +263,7 @@ def _pad_rules(name: str, signature: Signature, config: ModelConfig) -> list[Pad
         if spec is None:
             raise ConfigError(f"model '{name}': padding names unknown input '{input_name}'")
         if pad.axis >= len(spec.shape):
-            raise ConfigError(
-                f"model '{name}': input '{input_name}' has no axis {pad.axis} to pad"
-            )
+            raise ConfigError(f"model '{name}': input '{input_name}' has no axis {pad.axis} to pad")
         outputs = dict(pad.outputs)
         symbol = spec.dim_names[pad.axis]
         for out in signature.outputs:

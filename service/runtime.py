@@ -84,7 +84,9 @@ def open_session(
     return Session(inner, in_use, tuple(o.name for o in inner.get_outputs()))
 
 
-def _create(path: Path, config: RuntimeConfig, chosen: list[ProviderChoice]) -> ort.InferenceSession:
+def _create(
+    path: Path, config: RuntimeConfig, chosen: list[ProviderChoice]
+) -> ort.InferenceSession:
     if not path.is_file():
         raise ModelLoadError(f"{path}: file not found")
     return ort.InferenceSession(

@@ -5,19 +5,19 @@ processes started by `--workers N` rebuild the same settings from the environmen
 field must round-trip through an environment variable.
 """
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic.functional_validators import BeforeValidator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUNDLED_REPOSITORY = Path(__file__).resolve().parent / "bundled_models"
 BUNDLED_DEFAULT_MODEL = "digits"
 
 
-class ModelControl(str, Enum):
+class ModelControl(StrEnum):
     """Which models are loaded at start (names follow Triton's `--model-control-mode`)."""
 
     ALL = "all"

@@ -7,8 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from onnx_models import add_model, busy, fixed_batch, identity, two_in_two_out, variable_length  # noqa: E402
-from server import ServerProcess, running_server  # noqa: E402
+from onnx_models import add_model, busy, fixed_batch, identity, two_in_two_out, variable_length
+from server import ServerProcess, running_server
 
 ONE_THREAD = {"runtime": {"intra_op_threads": 1}}
 

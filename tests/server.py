@@ -1,5 +1,6 @@
 """A real `inscale serve` process on a free loopback port, always stopped by the test."""
 
+import contextlib
 import json
 import os
 import re
@@ -70,10 +71,8 @@ class ServerProcess:
     def log_records(self) -> list[dict[str, object]]:
         records = []
         for line in self.log_lines:
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
         return records
 
     def terminate(self) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import pytest
 
 from service.batcher import (
-    BatchFailedError,
     Batcher,
+    BatchFailedError,
     BatchPolicy,
     BatchRecord,
     DeadlineError,

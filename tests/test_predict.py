@@ -43,10 +43,15 @@ def test_bundled_models_match_onnx_runtime_and_labels(bundled: ServerProcess, mo
     assert multi["model"] == model and multi["version"] == 1
     assert multi["outputs"]["label"] == SAMPLE["labels"]
     assert [r["outputs"]["label"][0] for r in single] == SAMPLE["labels"]
-    np.testing.assert_allclose(multi["outputs"]["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        multi["outputs"]["probabilities"], expected["probabilities"], rtol=1e-5, atol=1e-6
+    )
     for i, response in enumerate(single):
         np.testing.assert_allclose(
-            response["outputs"]["probabilities"], expected["probabilities"][i : i + 1], rtol=1e-5, atol=1e-6
+            response["outputs"]["probabilities"],
+            expected["probabilities"][i : i + 1],
+            rtol=1e-5,
+            atol=1e-6,
         )
 
 
@@ -74,6 +79,7 @@ def test_several_inputs_and_outputs_with_int64(server: ServerProcess, test_repo:
 
 def test_concurrent_requests_each_get_their_own_rows(server: ServerProcess) -> None:
     """Many distinct requests at once (merged by the batcher): every answer is its own."""
+
     def call(i: int) -> tuple[int, list[list[float]]]:
         rows = [[float(i), float(i) + 0.5, -float(i), 1.0]] * (1 + i % 3)
         response = httpx.post(f"{server.url}/predict", json={"model": "identity", "inputs": rows})
@@ -122,14 +128,25 @@ def test_model_without_batch_axis_is_served_one_request_at_a_time(server: Server
 def test_batching_disabled_by_config_runs_each_request_alone(server: ServerProcess) -> None:
     before = httpx.get(f"{server.url}/models/nobatch").json()["versions"][0]["stats"]["runs"]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: httpx.post(f"{server.url}/predict", json={"model": "nobatch", "inputs": [[i, 0, 0, 0]]}), range(16)))
+        list(
+            pool.map(
+                lambda i: httpx.post(
+                    f"{server.url}/predict", json={"model": "nobatch", "inputs": [[i, 0, 0, 0]]}
+                ),
+                range(16),
+            )
+        )
     after = httpx.get(f"{server.url}/models/nobatch").json()["versions"][0]["stats"]["runs"]
     assert after - before == 16
 
 
 def test_version_can_be_named(server: ServerProcess) -> None:
-    ok = httpx.post(f"{server.url}/predict", json={"model": "identity", "version": 1, "inputs": [[1, 2, 3, 4]]})
+    ok = httpx.post(
+        f"{server.url}/predict", json={"model": "identity", "version": 1, "inputs": [[1, 2, 3, 4]]}
+    )
     assert ok.status_code == 200 and ok.json()["version"] == 1
-    missing = httpx.post(f"{server.url}/predict", json={"model": "identity", "version": 9, "inputs": [[1, 2, 3, 4]]})
+    missing = httpx.post(
+        f"{server.url}/predict", json={"model": "identity", "version": 9, "inputs": [[1, 2, 3, 4]]}
+    )
     assert missing.status_code == 404
     assert missing.json() == {"error": "model 'identity' has no version 9"}

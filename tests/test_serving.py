@@ -7,7 +7,6 @@ requests in a known state, observed through `GET /models/busy` (never by sleepin
 
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
