@@ -36,23 +36,30 @@ def identity_model() -> Any:
     return model
 
 
-def build_repository(root: Path, models: list[str]) -> None:
-    """wide: defaults (batching on); wide-nobatch: the same file with batching off; identity."""
+def build_repository(root: Path, models: list[str], intra_op_threads: int = 0) -> None:
+    """wide: defaults (batching on); wide-nobatch: the same file with batching off; identity.
+
+    intra_op_threads 0 keeps the server's default; only then is no config file written for wide.
+    """
     for name in models:
         version_dir = root / name / "1"
         version_dir.mkdir(parents=True)
         if name == "identity":
             save(identity_model(), version_dir / "model.onnx")
-            continue
-        (version_dir / "model.onnx").symlink_to(WIDE_ONNX)  # 17 MB; no need to copy
-        if name == "wide-nobatch":
-            (root / name / "config.yaml").write_text("batching:\n  enabled: false\n")
+        else:
+            (version_dir / "model.onnx").symlink_to(WIDE_ONNX)  # 17 MB; no need to copy
+        config = "batching:\n  enabled: false\n" if name == "wide-nobatch" else ""
+        if intra_op_threads:
+            config += f"runtime:\n  intra_op_threads: {intra_op_threads}\n"
+        if config:
+            (root / name / "config.yaml").write_text(config)
 
 
-def server_default_session(model: Path) -> ort.InferenceSession:
-    """The session the server opens for a model with no config (see service/runtime.py)."""
+def server_session(model: Path, intra_op_threads: int) -> ort.InferenceSession:
+    """The session the server opens for a model with the default runtime config (see
+    service/runtime.py), but for the thread count when one is asked for."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 0  # 0: ONNX Runtime's own default, as the server's config
+    options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's own default
     options.inter_op_num_threads = 0
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -65,27 +72,34 @@ def real_rows(sample: Path, batch_size: int) -> np.ndarray:
     return np.resize(rows, (batch_size, rows.shape[1]))
 
 
-def median_run_seconds(session: ort.InferenceSession, batch: np.ndarray, budget_s: float) -> float:
-    """Median of as many runs as fit in the budget (at least 20), after a short warm-up."""
+def timed_runs(
+    session: ort.InferenceSession, batch: np.ndarray, budget_s: float
+) -> tuple[float, float]:
+    """Median seconds per run over as many runs as fit in the budget (at least 20), after a
+    short warm-up; and the cores kept busy meanwhile (CPU time / wall time), which shows
+    whether ONNX Runtime stayed on the core it was pinned to."""
     feeds = {session.get_inputs()[0].name: batch}
     for _ in range(10):
         session.run(None, feeds)
     samples: list[float] = []
-    deadline = time.perf_counter() + budget_s
+    wall, cpu = time.perf_counter(), time.process_time()
+    deadline = wall + budget_s
     while len(samples) < 20 or time.perf_counter() < deadline:
         start = time.perf_counter()
         session.run(None, feeds)
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    return statistics.median(samples), cores
 
 
-def measure(model: Path, sample: Path, sizes: list[int], budget_s: float) -> dict[str, object]:
-    session = server_default_session(model)
+def measure(args: argparse.Namespace) -> dict[str, object]:
+    session = server_session(args.model, args.intra_op_threads)
     batches = []
-    for size in sizes:
-        seconds = median_run_seconds(session, real_rows(sample, size), budget_s)
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        seconds, cores = timed_runs(session, real_rows(args.sample, size), args.budget)
+        ms, us_per_row = seconds * 1e3, seconds * 1e6 / size
         batches.append(
-            {"batch_size": size, "median_ms": seconds * 1e3, "us_per_row": seconds * 1e6 / size}
+            {"batch_size": size, "median_ms": ms, "us_per_row": us_per_row, "cores": cores}
         )
     return {"onnxruntime": ort.__version__, "batches": batches}
 
@@ -96,9 +110,8 @@ def main() -> None:
     parser.add_argument("--sample", type=Path, required=True, help="JSON with an 'inputs' list")
     parser.add_argument("--batch-sizes", default="1,8,32,64")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per batch size")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.batch_sizes.split(",")]
-    print(json.dumps(measure(args.model, args.sample, sizes, args.budget)))
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="0: ORT's default")
+    print(json.dumps(measure(parser.parse_args())))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from service import __version__
 from service.errors import InscaleError
 from service.logs import configure_logging
-from service.repository import ModelRepository
+from service.repository import ModelRepository, ModelSource
+from service.runtime import open_session
 from service.settings import ServerSettings
 
 _SERVE_FLAGS = {
@@ -91,6 +92,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_each_version(source: ModelSource) -> list[str]:
+    """Open every selected version with ONNX Runtime on CPU: a corrupt file shows up here."""
+    assert source.config is not None
+    problems = []
+    for version in source.versions:
+        try:
+            open_session(source.model_path(version), source.config.runtime, [("cpu", {})])
+        except InscaleError as exc:
+            problems.append(f"version {version}: {exc.message}")
+    return problems
+
+
 def _list_models(path: Path | None) -> int:
     settings = ServerSettings(model_repository=path) if path else ServerSettings()
     repository = ModelRepository(settings.repository_path())
@@ -107,10 +120,11 @@ def _list_models(path: Path | None) -> int:
             failures += 1
             continue
         versions = ", ".join(map(str, source.versions)) or "none"
-        status = "ok" if not source.problems else "cannot load: " + "; ".join(source.problems)
+        problems = list(source.problems) or _open_each_version(source)
+        status = "ok" if not problems else "cannot load: " + "; ".join(problems)
         config = source.config_file.name if source.config_file else "no config (defaults)"
         print(f"  {name}: versions {versions}; {config}; {status}")
-        failures += bool(source.problems)
+        failures += bool(problems)
     if not repository.names():
         print("  (no model folders)")
     return 1 if failures else 0

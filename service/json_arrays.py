@@ -18,14 +18,9 @@ _ACCEPTS = {
     "b": frozenset("b"),
     "O": frozenset("U"),
 }
-_KIND_WORDS = {
-    "f": "numbers",
-    "i": "integers",
-    "u": "integers",
-    "b": "booleans",
-    "O": "strings",
-    "U": "strings",
-}
+_KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "O": "strings"}
+# numpy makes an object array of anything it cannot type: null, objects, mixed values.
+_GOT_WORDS = {**_KIND_WORDS, "U": "strings", "O": "null, objects or mixed values"}
 
 
 def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:
@@ -38,7 +33,7 @@ def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:
         return array
     kind = "O" if dtype.kind == "O" else dtype.kind
     if array.dtype.kind not in _ACCEPTS[kind]:
-        got = _KIND_WORDS.get(array.dtype.kind, "mixed or nested values")
+        got = _GOT_WORDS.get(array.dtype.kind, "mixed or nested values")
         if array.size == 0:
             return array.astype(dtype)
         raise InvalidInput(f"input '{name}': expected {_KIND_WORDS[kind]}, got {got}")

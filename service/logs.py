@@ -28,6 +28,7 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "process": record.process,
             "msg": record.getMessage(),
         }
         rid = request_id.get()

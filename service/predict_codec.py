@@ -52,6 +52,8 @@ def _version(value: object) -> int | None:
         raise InvalidInput('"version" must be a positive integer')
     if isinstance(value, str) and not value.isdigit():
         raise InvalidInput('"version" must be a positive integer')
+    if int(value) < 1:
+        raise InvalidInput('"version" must be a positive integer')
     return int(value)
 
 

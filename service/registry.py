@@ -65,7 +65,10 @@ class ModelRegistry:
         if version is None:
             ready = [e for e in versions.values() if e.state is ModelState.READY]
             if not ready:
-                states = ", ".join(f"{e.version}: {e.state.value}" for e in versions.values())
+                states = ", ".join(
+                    f"{e.version}: {e.state.value}" + (f" ({e.reason})" if e.reason else "")
+                    for e in versions.values()
+                )
                 raise ModelNotReady(f"model '{name}' has no ready version ({states})")
             entry = max(ready, key=lambda e: e.version)
         else:

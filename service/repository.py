@@ -86,5 +86,6 @@ def _numbered_versions(directory: Path) -> list[int]:
     return sorted(
         int(p.name)
         for p in directory.iterdir()
-        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILENAME).is_file()
+        # Versions are positive, as in Triton; "0" is not a version folder.
+        if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MODEL_FILENAME).is_file()
     )

@@ -110,6 +110,8 @@ def check_inputs(
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], variable_axis: int | None) -> None:
+    if shape == (0,) and spec.shape and spec.shape[0] is None:
+        raise InvalidInput(f"input '{spec.name}': the request has no rows")
     if len(shape) != len(spec.shape):
         raise InvalidInput(
             f"input '{spec.name}': expected shape {spec.shape_text()} (rank {len(spec.shape)}), "

@@ -206,3 +206,18 @@ def test_not_ready_until_models_are_loaded_and_live_meanwhile(tmp_path: Path) ->
             time.sleep(0.02)
         ready = httpx.get(f"{proc.url}/health/ready")
         assert ready.status_code == 503 and ready.json() == {"ready": False}
+
+
+def test_several_worker_processes_serve_the_same_models(test_repo: Path) -> None:
+    with running_server(test_repo, "--workers", "2") as proc:
+        pids = set()
+        for i in range(40):
+            response = httpx.post(
+                f"{proc.url}/predict", json={"model": "identity", "inputs": [[i, 0, 0, 1]]}
+            )
+            assert response.status_code == 200
+            assert response.json()["outputs"]["y"] == [[float(i), 0.0, 0.0, 1.0]]
+        for record in proc.log_records():
+            if str(record.get("msg", "")).startswith("loaded model identity"):
+                pids.add(record.get("process"))
+        assert len(pids) == 2, "each worker process loads the models itself"
