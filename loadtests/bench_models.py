@@ -19,6 +19,9 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, save
 
+from service.model_config import RuntimeConfig
+from service.runtime import session_options
+
 WIDE_ONNX = Path(__file__).resolve().parents[1] / "service/bundled_models/digits-wide/1/model.onnx"
 
 
@@ -56,13 +59,9 @@ def build_repository(root: Path, models: list[str], intra_op_threads: int = 0) -
 
 
 def server_session(model: Path, intra_op_threads: int) -> ort.InferenceSession:
-    """The session the server opens for a model with the default runtime config (see
-    service/runtime.py), but for the thread count when one is asked for."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads  # 0: ONNX Runtime's own default
-    options.inter_op_num_threads = 0
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    """The session the server opens for a model with the default runtime config: the same
+    `session_options` function, so the two can never drift apart."""
+    options = session_options(RuntimeConfig(intra_op_threads=intra_op_threads))
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 

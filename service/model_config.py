@@ -27,11 +27,14 @@ class BatchingConfig(_Strict):
     enabled: bool = Field(default=True, description="Merge concurrent requests into batches.")
     max_batch_size: int = Field(default=32, ge=1, le=65536, description="Rows per model run.")
     max_queue_delay_ms: float = Field(
-        default=1.0,
+        default=0.0,
         ge=0,
         le=60_000,
         description="How long a forming batch may wait for more rows once requests queue up. "
-        "A lone request on an idle model is never held back.",
+        "A lone request on an idle model is never held back. The default 0 lets an idle "
+        "instance take whatever is queued: under load, batches form while instances are "
+        "busy, and on the bundled models waiting 1 ms gained nothing at concurrency 32 and "
+        "cost up to 30% of throughput on light models at concurrency 8.",
     )
     preferred_batch_sizes: list[int] = Field(
         default_factory=list, description="Batch sizes to cut at when the queue allows."
@@ -66,10 +69,21 @@ class ProviderConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    """ONNX Runtime session options. 0 threads means ONNX Runtime's own default."""
+    """ONNX Runtime session options."""
 
-    intra_op_threads: int = Field(default=0, ge=0, le=1024)
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Threads per run; 0 means one per CPU this process may use (its affinity "
+        "mask, so taskset and container CPU sets are respected).",
+    )
     inter_op_threads: int = Field(default=0, ge=0, le=1024)
+    allow_spinning: bool = Field(
+        default=True,
+        description="Let idle intra-op threads spin: lower latency per run, but the spinning "
+        "takes CPU from the event loop when cores are shared.",
+    )
     graph_optimization_level: Literal["disabled", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
 

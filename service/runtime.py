@@ -5,6 +5,7 @@ installed from the `onnxruntime-gpu` wheel, with CUDA listed first in the provid
 """
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,13 @@ class Session:
 
 def session_options(config: RuntimeConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
+    # ORT's own default (0) starts a thread per physical core and pins each one, escaping
+    # taskset and CPU sets: the server then competes with whatever owns the other cores.
+    # Sizing the pool from our affinity mask keeps ORT where the process was put.
+    options.intra_op_num_threads = config.intra_op_threads or len(os.sched_getaffinity(0))
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if config.allow_spinning else "0"
+    )
     options.inter_op_num_threads = config.inter_op_threads
     options.graph_optimization_level = _OPT_LEVELS[config.graph_optimization_level]
     options.execution_mode = _EXEC_MODES[config.execution_mode]

@@ -6,45 +6,60 @@ once and readiness turns true when loading is done (the Kubernetes startup probe
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from service import __version__
 from service.http import models, predict
 from service.http.context import AppContext
 from service.http.errors import install_error_handlers
-from service.http.fast_path import FastPath
+from service.http.fast_path import Endpoint, FastPath
+from service.http.metrics_http import MetricsMiddleware, metrics_router
 from service.http.request_id import RequestIdMiddleware
 from service.logs import configure_logging
+from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 from service.settings import ModelControl, ServerSettings
+from service.v2 import routes as v2_routes
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings) -> ASGIApp:
+    metrics = None
+    if settings.metrics:
+        metrics = Metrics(CollectorRegistry(), settings.metrics_multiprocess_dir)
     registry = ModelRegistry(
         ModelRepository(settings.repository_path()),
         list(settings.providers),
         drain_timeout_s=settings.shutdown_grace_s,
+        observer_factory=metrics.model if metrics else None,
+        on_resolve=metrics.model_resolved if metrics else None,
     )
     ctx = AppContext(settings=settings, registry=registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loading = asyncio.create_task(_initial_load(ctx))
+        refreshing = asyncio.create_task(metrics.refresh_forever(registry)) if metrics else None
         try:
             yield
         finally:
             ctx.shutting_down = True
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in (loading, refreshing):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await registry.shutdown()
+            if metrics is not None:
+                metrics.close()
             log.info("shut down: every model drained")
 
     app = FastAPI(
@@ -57,8 +72,23 @@ def create_app(settings: ServerSettings) -> ASGIApp:
     install_error_handlers(app)
     app.include_router(predict.router)
     app.include_router(models.router)
-    data_plane = FastPath(app, [("POST", "/predict", predict.predict)])
-    return RequestIdMiddleware(data_plane)
+    app.include_router(v2_routes.router)
+    if metrics is not None:
+        app.include_router(metrics_router(metrics, registry))
+    data_plane_routes: list[tuple[str, str, Endpoint]] = [
+        ("POST", "/predict", predict.predict),
+        (
+            "POST",
+            r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer",
+            v2_routes.infer,
+        ),
+    ]
+    data_plane = FastPath(app, data_plane_routes)
+    served = RequestIdMiddleware(data_plane)
+    if metrics is None:
+        return served
+    # Outermost, so it measures everything; the fast path's routes are the inference routes.
+    return MetricsMiddleware(served, metrics, app.routes, [e for *_, e in data_plane_routes])
 
 
 async def _initial_load(ctx: AppContext) -> None:
@@ -68,8 +98,22 @@ async def _initial_load(ctx: AppContext) -> None:
             await ctx.registry.load_all()
     finally:
         ctx.startup_done = True
+        _tune_gc()
     if not ctx.registry.any_ready() and ctx.settings.model_control is ModelControl.ALL:
         log.error("no model could be loaded from %s", ctx.registry.repository.root)
+
+
+def _tune_gc() -> None:
+    """Keep garbage collection off the request path's tail.
+
+    Every request allocates thousands of short-lived objects, so the collector runs often,
+    and each full pass walks everything loaded at start (FastAPI, numpy, ORT bindings).
+    Freezing what exists after loading takes it out of every later pass, and a larger
+    young generation makes passes rarer. Measured on digits-wide at concurrency 32 (one
+    core): p99 41 ms -> 17 ms, with requests/s unchanged or better.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
 
 
 def create_app_from_env() -> ASGIApp:
