@@ -1,0 +1,82 @@
+"""What each step of the /predict path costs in-process, per request, in microseconds.
+
+The issue asks that validation, metrics hooks and deadlines cost no more than a few percent
+of a request; this prints each step next to the end-to-end cost that `bench_batching.py`
+measures for the same request (pass it with --end-to-end-us), and writes JSON.
+
+    .venv/bin/python loadtests/bench_request_path.py --end-to-end-us 210
+"""
+
+import argparse
+import asyncio
+import json
+import timeit
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from service import predict_codec
+from service.datatypes import BY_NAME
+from service.settings import BUNDLED_REPOSITORY
+from service.signature import Signature, TensorSpec, check_inputs
+
+ROW = json.loads((BUNDLED_REPOSITORY / "sample_input.json").read_text())["inputs"][0]
+BODY = orjson.dumps({"model": "digits-wide", "inputs": [ROW]})
+SIGNATURE = Signature(
+    inputs=(TensorSpec("input", BY_NAME["FP32"], (None, 64), ("N", None)),),
+    outputs=(TensorSpec("probabilities", BY_NAME["FP32"], (None, 10), ("N", None)),),
+)
+
+
+def per_call_us(fn: Callable[[], object], number: int = 20_000) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+async def deadline_timer_us() -> float:
+    """Arming and cancelling the per-request deadline timer, as the batcher does."""
+    loop = asyncio.get_running_loop()
+
+    def arm_and_cancel() -> None:
+        loop.call_at(loop.time() + 10, lambda: None).cancel()
+
+    return per_call_us(arm_and_cancel)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--end-to-end-us", type=float, default=None)
+    parser.add_argument("--out", type=Path, default=Path("results/bench_request_path.json"))
+    args = parser.parse_args()
+    document = orjson.loads(BODY)
+    parsed = predict_codec.parse_request(document)
+    arrays = predict_codec.to_arrays(parsed.inputs, SIGNATURE)
+    outputs = {"probabilities": np.random.default_rng(0).random((1, 10), dtype=np.float32)}
+    steps = {
+        "parse JSON body (orjson)": per_call_us(lambda: orjson.loads(BODY)),
+        "read request fields": per_call_us(lambda: predict_codec.parse_request(document)),
+        "JSON rows -> float32 array": per_call_us(
+            lambda: predict_codec.to_arrays(parsed.inputs, SIGNATURE)
+        ),
+        "validate against signature": per_call_us(
+            lambda: check_inputs(SIGNATURE, arrays, batchable=True, max_rows=32, variable_axes={})
+        ),
+        "deadline timer (arm + cancel)": asyncio.run(deadline_timer_us()),
+        "encode response (orjson)": per_call_us(
+            lambda: predict_codec.encode_response("digits-wide", 1, outputs)
+        ),
+    }
+    print(f"{'step':32} {'us':>7} {'share':>7}")
+    for name, micros in steps.items():
+        share = f"{micros / args.end_to_end_us:7.1%}" if args.end_to_end_us else ""
+        print(f"{name:32} {micros:7.2f} {share}")
+    guarded = steps["validate against signature"] + steps["deadline timer (arm + cancel)"]
+    if args.end_to_end_us:
+        print(f"validation + deadline: {guarded:.2f} us = {guarded / args.end_to_end_us:.1%}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"steps_us": steps, "end_to_end_us": args.end_to_end_us}))
+
+
+if __name__ == "__main__":
+    main()
