@@ -5,8 +5,12 @@ environment, so worker processes (`--workers N`) see exactly what the parent saw
 """
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -76,6 +80,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"inscale: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    with _metrics_folder(settings):
+        _run_uvicorn(settings, args.access_log)
+    return 0
+
+
+def _run_uvicorn(settings: ServerSettings, access_log: bool) -> None:
     uvicorn.run(
         "service.http.app:create_app_from_env",
         factory=True,
@@ -84,12 +94,31 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_config=None,  # ours, set above (and again in each worker by the factory)
         log_level=settings.log_level,
-        access_log=args.access_log,
+        access_log=access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         backlog=2048,
         server_header=False,
     )
-    return 0
+
+
+@contextlib.contextmanager
+def _metrics_folder(settings: ServerSettings) -> Iterator[None]:
+    """With several workers, metric values live in files: a fresh folder per start.
+
+    prometheus-client picks its multiprocess mode from PROMETHEUS_MULTIPROC_DIR when it is
+    imported, so the variable is set here, before uvicorn starts the workers; the folder is
+    removed when the server exits. One worker keeps its values in memory.
+    """
+    if settings.workers == 1 or not settings.metrics:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # not one inherited from elsewhere
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="inscale-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _open_each_version(source: ModelSource) -> list[str]:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from service.batcher import BatchObserver
 from service.errors import InscaleError, ModelLoadError, ModelNotFound, ModelNotReady
@@ -21,6 +22,7 @@ from service.runner import ModelRunner, load_runner
 log = logging.getLogger(__name__)
 
 ObserverFactory = Callable[[str, int], BatchObserver | None]
+ResolveHook = Callable[[str, int], None]
 
 
 class ModelState(enum.StrEnum):
@@ -37,6 +39,7 @@ class VersionEntry:
     runner: ModelRunner | None = None
     reason: str = ""
     load_seconds: float = 0.0
+    size_bytes: int = 0  # the version's files on disk
 
 
 class ModelRegistry:
@@ -47,11 +50,14 @@ class ModelRegistry:
         *,
         drain_timeout_s: float,
         observer_factory: ObserverFactory | None = None,
+        on_resolve: ResolveHook | None = None,
     ) -> None:
+        """`on_resolve(name, version)` runs whenever `get` hands out a runner (for metrics)."""
         self.repository = repository
         self._providers = default_providers
         self._drain_timeout_s = drain_timeout_s
         self._observer_factory = observer_factory
+        self._on_resolve = on_resolve
         self._models: dict[str, dict[int, VersionEntry]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -81,6 +87,8 @@ class ModelRegistry:
             raise ModelNotReady(
                 f"model '{name}' version {entry.version} is {entry.state.value}{detail}"
             )
+        if self._on_resolve is not None:
+            self._on_resolve(name, entry.version)
         return entry.runner
 
     def names(self) -> list[str]:
@@ -163,7 +171,11 @@ class ModelRegistry:
             return f"version {version}: {reason}"
         runner.start()
         versions[version] = VersionEntry(
-            version, ModelState.READY, runner, load_seconds=time.monotonic() - started
+            version,
+            ModelState.READY,
+            runner,
+            load_seconds=time.monotonic() - started,
+            size_bytes=_size_on_disk(source.model_path(version).parent),
         )
         if previous is not None and previous.runner is not None:
             await self._retire(previous.runner)  # the new runner already takes requests
@@ -201,3 +213,11 @@ class ModelRegistry:
         for entry in (e for v in self._models.values() for e in v.values()):
             entry.state = ModelState.UNLOADING
         await asyncio.gather(*(self._retire(r) for r in runners))
+
+
+def _size_on_disk(folder: Path) -> int:
+    """Bytes of a version folder: the model file and any external weights beside it."""
+    try:
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return 0

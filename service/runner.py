@@ -60,6 +60,17 @@ class RunStats:
     per_batch_size: dict[int, StepTimes] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class RequestStats:
+    """Requests that reached the batcher and how they ended, with cumulative nanoseconds from
+    queueing to result (the V2 statistics extension's `success` and `fail`)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     arrays: Arrays
@@ -93,6 +104,7 @@ class ModelRunner:
             self._sessions.put(session)
         self._stats_lock = threading.Lock()
         self._run_stats = RunStats()
+        self._request_stats = RequestStats()
         self.max_rows = config.batching.max_batch_size if signature.batchable else 1
         self.batcher: Batcher[_Request, Arrays] = Batcher(
             self._run_batch,
@@ -127,14 +139,18 @@ class ModelRunner:
         limit = self.config.timeout_ms / 1000
         timeout = limit if timeout_s is None else min(timeout_s, limit)
         deadline = asyncio.get_running_loop().time() + timeout
+        started = time.perf_counter_ns()
+        succeeded = False
         try:
-            return await self.batcher.submit(
+            result = await self.batcher.submit(
                 _Request(arrays, rows),
                 rows=rows,
                 key=self._key(arrays),
                 deadline=deadline,
                 abandon_on=abandon_on,
             )
+            succeeded = True
+            return result
         except QueueFullError as exc:
             raise QueueFull(f"model '{self.name}' is overloaded: {exc}") from exc
         except DeadlineError as exc:
@@ -145,6 +161,17 @@ class ModelRunner:
             raise ModelExecutionError(f"model '{self.name}' failed: {exc}") from exc
         except BatcherClosedError as exc:
             raise ModelNotReady(f"model '{self.name}' is shutting down") from exc
+        finally:
+            self._count_request(succeeded, time.perf_counter_ns() - started)
+
+    def _count_request(self, succeeded: bool, elapsed_ns: int) -> None:
+        stats = self._request_stats  # only the event loop's thread writes these
+        if succeeded:
+            stats.success_count += 1
+            stats.success_ns += elapsed_ns
+        else:
+            stats.fail_count += 1
+            stats.fail_ns += elapsed_ns
 
     def _key(self, arrays: Arrays) -> tuple[tuple[int, ...], ...]:
         """Requests merge only if every non-batch dim agrees, variable-length axes aside."""
@@ -201,6 +228,10 @@ class ModelRunner:
 
     def batcher_stats(self) -> BatcherStats:
         return self.batcher.stats()
+
+    def request_stats(self) -> RequestStats:
+        s = self._request_stats
+        return RequestStats(s.success_count, s.success_ns, s.fail_count, s.fail_ns)
 
     def run_stats(self) -> RunStats:
         with self._stats_lock:

@@ -86,6 +86,16 @@ class ServerSettings(BaseSettings):
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After sent with 503 on a full queue."
     )
+    metrics: bool = Field(
+        default=True,
+        description="Record Prometheus metrics and serve them at GET /metrics.",
+    )
+    metrics_multiprocess_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="Where worker processes write metric values (prometheus-client's "
+        "multiprocess mode). `inscale serve --workers N` sets it to a fresh folder per start.",
+    )
 
     def repository_path(self) -> Path:
         return self.model_repository if self.model_repository is not None else BUNDLED_REPOSITORY

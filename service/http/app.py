@@ -88,7 +88,7 @@ def create_app(settings: ServerSettings) -> ASGIApp:
     if metrics is None:
         return served
     # Outermost, so it measures everything; the fast path's routes are the inference routes.
-    return MetricsMiddleware(served, metrics, app.routes, [e for *_, e in data_plane_routes])
+    return MetricsMiddleware(served, metrics, data_plane_routes)
 
 
 async def _initial_load(ctx: AppContext) -> None:

@@ -6,7 +6,7 @@ from fastapi import Request
 
 from service.errors import InvalidInput, ModelNotFound
 from service.registry import ModelRegistry
-from service.settings import ServerSettings
+from service.settings import ModelControl, ServerSettings
 
 
 @dataclass(slots=True)
@@ -34,6 +34,10 @@ class AppContext:
     def ready(self) -> bool:
         if not self.startup_done or self.shutting_down:
             return False
+        if self.settings.model_control is ModelControl.EXPLICIT:
+            # As in Triton's explicit mode: models come and go through the API and each
+            # reports its own readiness; the server is ready once it has started.
+            return True
         if self.settings.strict_readiness:
             return self.registry.all_ready()
         return self.registry.any_ready()

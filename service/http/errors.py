@@ -42,12 +42,15 @@ STATUS: dict[type[InscaleError], int] = {
     ModelLoadError: 400,
     ModelExecutionError: 500,
 }
+# The Open Inference Protocol's clients expect Triton's mapping, where a request that timed
+# out in the queue is "unavailable" (503) like a full queue, not a gateway timeout.
+V2_STATUS: dict[type[InscaleError], int] = {**STATUS, DeadlineExceeded: 503}
 
 
-def status_for(exc: InscaleError) -> int:
+def status_for(exc: InscaleError, table: dict[type[InscaleError], int] = STATUS) -> int:
     for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
+        if cls in table:
+            return table[cls]
     return 500
 
 
@@ -70,8 +73,10 @@ def response_for(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, InscaleError):
         log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
         return _server_failed(500)
-    status = status_for(exc)
-    if status >= 500 and not isinstance(exc, ModelNotReady | QueueFull | DeadlineExceeded):
+    status = status_for(exc, V2_STATUS if request.url.path.startswith("/v2/") else STATUS)
+    # These 5xx are about the request or the server's load, not a failure: say what happened.
+    said = ModelNotReady | QueueFull | DeadlineExceeded | Unsupported
+    if status >= 500 and not isinstance(exc, said):
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
         return _server_failed(status)
     headers = None

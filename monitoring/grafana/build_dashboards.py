@@ -1,0 +1,505 @@
+"""Writes the Grafana dashboards in `dashboards/` (edit this file, then run it).
+
+    python monitoring/grafana/build_dashboards.py
+
+Two dashboards: `inscale-overview.json` (what one looks at when paged: traffic, failures,
+latency, batching, memory and CPU) and `inscale-scaling.json` (replicas, per-replica
+throughput, latency as load grows). Every query is run against a real Prometheus by
+tests/test_monitoring_prometheus.py; the panels here are plain Grafana JSON (schema 39).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'model=~"$model", instance=~"$instance"'  # the two template variables
+INST = 'job="inscale", instance=~"$instance"'
+RATE = "$__rate_interval"
+
+Panel = dict[str, Any]
+
+
+def rate_sum(metric: str, by: str, match: str = "") -> str:
+    """`sum by (by) (rate(metric{model, instance[, match]}[$__rate_interval]))`."""
+    labels = f"{SEL}, {match}" if match else SEL
+    return f"sum by ({by}) (rate({metric}{{{labels}}}[{RATE}]))"
+
+
+def target(expr: str, legend: str, ref: str) -> dict[str, Any]:
+    return {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, "range": True}
+
+
+def timeseries(
+    title: str,
+    description: str,
+    unit: str,
+    queries: list[tuple[str, str]],
+    pos: tuple[int, int, int, int],
+    *,
+    stack: bool = False,
+    overrides: list[dict[str, Any]] | None = None,
+) -> Panel:
+    x, y, w, h = pos
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "min": 0,
+                "custom": {
+                    "drawStyle": "line",
+                    "fillOpacity": 25 if stack else 8,
+                    "lineWidth": 1,
+                    "stacking": {"mode": "normal" if stack else "none"},
+                    "showPoints": "never",
+                },
+            },
+            "overrides": overrides or [],
+        },
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [target(q, legend, chr(65 + i)) for i, (q, legend) in enumerate(queries)],
+    }
+
+
+def heatmap(title: str, description: str, expr: str, pos: tuple[int, int, int, int]) -> Panel:
+    x, y, w, h = pos
+    return {
+        "type": "heatmap",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "options": {
+            "calculate": False,
+            "yAxis": {"unit": "short"},
+            "cellGap": 1,
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "tooltip": {"mode": "single", "yHistogram": True},
+        },
+        "targets": [{**target(expr, "{{le}}", "A"), "format": "heatmap"}],
+    }
+
+
+def stat(
+    title: str, description: str, unit: str, expr: str, legend: str, pos: tuple[int, int, int, int]
+) -> Panel:
+    x, y, w, h = pos
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
+        "targets": [target(expr, legend, "A")],
+    }
+
+
+def row(title: str, y: int) -> Panel:
+    return {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+    }
+
+
+def percentiles(metric: str, by: str = "") -> list[tuple[str, str]]:
+    group = f"{by}, le" if by else "le"
+    prefix = "{{" + by + "}} " if by else ""
+    return [
+        (
+            f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[{RATE}])))",
+            f"{prefix}p{round(q * 100)}",
+        )
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+def variables() -> dict[str, Any]:
+    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "label": label,
+            "type": "query",
+            "datasource": DS,
+            "query": {"query": query, "refId": name},
+            "definition": query,
+            "refresh": 2,
+            "multi": True,
+            "includeAll": True,
+            "allValue": ".*",
+            "current": {"text": "All", "value": "$__all"},
+            "sort": 1,
+        }
+
+    return {
+        "list": [
+            {
+                "name": "datasource",
+                "label": "Prometheus",
+                "type": "datasource",
+                "query": "prometheus",
+                "current": {"text": "Prometheus", "value": "prometheus"},
+            },
+            query_var("model", "Model", "label_values(inscale_requests_total, model)"),
+            query_var("instance", "Replica", "label_values(inscale_build_info, instance)"),
+        ]
+    }
+
+
+def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> dict[str, Any]:
+    for number, panel in enumerate(panels, start=1):
+        panel["id"] = number
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["inscale", "onnx", "serving"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "templating": variables(),
+        "annotations": {"list": []},
+        "links": [],
+        "panels": panels,
+    }
+
+
+def overview() -> dict[str, Any]:
+    failures = 'outcome!="success"'
+    server_failures = 'outcome=~"rejected|timeout|model_error"'
+    panels = [
+        row("Traffic and failures", 0),
+        timeseries(
+            "Requests per second",
+            "Requests answered per model, every outcome; sums over replicas and versions.",
+            "reqps",
+            [(f"sum by (model) (rate(inscale_requests_total{{{SEL}}}[{RATE}]))", "{{model}}")],
+            (0, 1, 8, 8),
+        ),
+        timeseries(
+            "Rows (inferences) per second",
+            "Rows computed by model runs; a request carries one or more rows.",
+            "suffix: rows/s",
+            [
+                (
+                    f"sum by (model) (rate(inscale_inference_rows_total{{{SEL}}}[{RATE}]))",
+                    "{{model}}",
+                )
+            ],
+            (8, 1, 8, 8),
+        ),
+        timeseries(
+            "Failures by reason",
+            "rejected = queue full (503), timeout = deadline passed in the queue (504), "
+            "bad_input = 400, model_error = the model raised (500), cancelled = client left.",
+            "reqps",
+            [
+                (
+                    f"sum by (outcome) (rate(inscale_requests_total{{{SEL}, {failures}}}[{RATE}]))",
+                    "{{outcome}}",
+                )
+            ],
+            (16, 1, 8, 8),
+            stack=True,
+        ),
+        timeseries(
+            "Server error ratio",
+            "Share of requests that failed through the server's fault (rejected, timeout, "
+            "model_error); the error-ratio alert fires on the same figure.",
+            "percentunit",
+            [
+                (
+                    rate_sum("inscale_requests_total", "model", server_failures)
+                    + " / "
+                    + rate_sum("inscale_requests_total", "model"),
+                    "{{model}}",
+                )
+            ],
+            (0, 9, 12, 7),
+        ),
+        timeseries(
+            "HTTP responses by status",
+            "Every HTTP request, including those that never reached a model (404, 413, ...).",
+            "reqps",
+            [
+                (
+                    "sum by (status) "
+                    f'(rate(inscale_http_requests_total{{instance=~"$instance"}}[{RATE}]))',
+                    "{{status}}",
+                )
+            ],
+            (12, 9, 12, 7),
+            stack=True,
+        ),
+        row("Latency", 16),
+        timeseries(
+            "End-to-end latency",
+            "Answered inference requests, from the first byte read to the last byte sent.",
+            "s",
+            percentiles("inscale_request_duration_seconds"),
+            (0, 17, 8, 8),
+        ),
+        timeseries(
+            "Time in the queue",
+            "How long requests waited for a batch to start.",
+            "s",
+            percentiles("inscale_queue_duration_seconds"),
+            (8, 17, 8, 8),
+        ),
+        timeseries(
+            "Compute time per model run",
+            "Merge, ONNX Runtime and split for one batch, observed once per run.",
+            "s",
+            percentiles("inscale_compute_duration_seconds"),
+            (16, 17, 8, 8),
+        ),
+        row("Batching", 25),
+        heatmap(
+            "Batch size distribution",
+            "Model runs per batch-size bucket (rows per run); brighter is more runs.",
+            f"sum by (le) (increase(inscale_batch_size_rows_bucket{{{SEL}}}[{RATE}]))",
+            (0, 26, 8, 8),
+        ),
+        timeseries(
+            "Average batch size",
+            "Rows per model run: how well concurrent requests are merged.",
+            "suffix: rows",
+            [
+                (
+                    f"sum by (model) (rate(inscale_inference_rows_total{{{SEL}}}[{RATE}]))"
+                    f" / sum by (model) (rate(inscale_model_runs_total{{{SEL}}}[{RATE}]))",
+                    "{{model}}",
+                )
+            ],
+            (8, 26, 8, 8),
+        ),
+        timeseries(
+            "Queue depth and requests in flight",
+            "Queued: waiting for a batch. In flight: accepted and not yet answered.",
+            "short",
+            [
+                (f"sum by (model) (inscale_queue_depth_requests{{{SEL}}})", "queued {{model}}"),
+                (f"sum by (model) (inscale_requests_in_flight{{{SEL}}})", "in flight {{model}}"),
+            ],
+            (16, 26, 8, 8),
+        ),
+        row("Resources", 34),
+        timeseries(
+            "Memory",
+            "Resident memory of each replica (all its workers), and GPU memory in use where "
+            "a GPU is present.",
+            "bytes",
+            [
+                (
+                    f"sum by (instance) (process_resident_memory_bytes{{{INST}}})",
+                    "RSS {{instance}}",
+                ),
+                (
+                    f"sum by (instance, gpu_uuid) (inscale_gpu_memory_used_bytes{{{INST}}})",
+                    "GPU {{gpu_uuid}}",
+                ),
+            ],
+            (0, 35, 7, 8),
+        ),
+        timeseries(
+            "Memory used of its limit",
+            "Resident memory over the cgroup limit (or the machine's memory): the kernel "
+            "kills the process at 100%; the memory alert fires above 90%.",
+            "percentunit",
+            [
+                (
+                    f"sum by (instance) (process_resident_memory_bytes{{{INST}}})"
+                    f" / max by (instance) (inscale_memory_limit_bytes{{{INST}}})",
+                    "{{instance}}",
+                )
+            ],
+            (7, 35, 5, 8),
+        ),
+        timeseries(
+            "CPU",
+            "CPU time per second of each replica: 1.0 is one core fully busy.",
+            "suffix: cores",
+            [
+                (
+                    f"sum by (instance) (rate(process_cpu_seconds_total{{{INST}}}[{RATE}]))",
+                    "{{instance}}",
+                )
+            ],
+            (12, 35, 6, 8),
+        ),
+        timeseries(
+            "GPU utilization",
+            "Share of time a kernel ran, per GPU; empty without a GPU.",
+            "percentunit",
+            [(f"max by (gpu_uuid) (inscale_gpu_utilization_ratio{{{INST}}})", "{{gpu_uuid}}")],
+            (18, 35, 6, 8),
+        ),
+        row("Models", 43),
+        stat(
+            "Model load time",
+            "How long the last load of each version took (sessions, checks, warm-up).",
+            "s",
+            f"max by (model, version) (inscale_model_load_duration_seconds{{{SEL}}})",
+            "{{model}} v{{version}}",
+            (0, 44, 8, 5),
+        ),
+        stat(
+            "Model size",
+            "Files of each version on disk, which its weights occupy in memory once loaded.",
+            "bytes",
+            f"max by (model, version) (inscale_model_size_bytes{{{SEL}}})",
+            "{{model}} v{{version}}",
+            (8, 44, 8, 5),
+        ),
+        stat(
+            "Workers with the model ready",
+            "Worker processes where each version is READY, summed over replicas.",
+            "short",
+            f'sum by (model, version) (inscale_model_state{{{SEL}, state="READY"}})',
+            "{{model}} v{{version}}",
+            (16, 44, 8, 5),
+        ),
+    ]
+    return dashboard(
+        "inscale-overview",
+        "inscale: overview",
+        "Throughput, failures, latency percentiles, batching, memory and CPU of inscale.",
+        panels,
+    )
+
+
+def scaling() -> dict[str, Any]:
+    per_replica = rate_sum("inscale_requests_total", "instance")
+    total = f"sum(rate(inscale_requests_total{{{SEL}}}[{RATE}]))"
+    p99 = (
+        "histogram_quantile(0.99, sum by (le) "
+        f"(rate(inscale_request_duration_seconds_bucket{{{SEL}}}[{RATE}])))"
+    )
+    panels = [
+        stat(
+            "Replicas",
+            "Replicas Prometheus scrapes that run inscale.",
+            "short",
+            'count(inscale_build_info{instance=~"$instance"})',
+            "replicas",
+            (0, 0, 6, 6),
+        ),
+        timeseries(
+            "Replicas over time",
+            "Replicas reporting metrics.",
+            "short",
+            [('count(inscale_build_info{instance=~"$instance"})', "replicas")],
+            (6, 0, 18, 6),
+        ),
+        timeseries(
+            "Throughput per replica",
+            "Requests per second each replica answers; uneven lines mean uneven load balancing.",
+            "reqps",
+            [(per_replica, "{{instance}}")],
+            (0, 6, 12, 8),
+            stack=True,
+        ),
+        timeseries(
+            "Latency as load grows",
+            "Total requests per second (right axis) against end-to-end p99 (left axis).",
+            "s",
+            [(p99, "p99 latency"), (total, "requests/s")],
+            (12, 6, 12, 8),
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "requests/s"},
+                    "properties": [
+                        {"id": "unit", "value": "reqps"},
+                        {"id": "custom.axisPlacement", "value": "right"},
+                    ],
+                }
+            ],
+        ),
+        timeseries(
+            "p99 latency per replica",
+            "End-to-end p99 of each replica: one slow replica shows here, not in the total.",
+            "s",
+            [
+                (
+                    "histogram_quantile(0.99, sum by (instance, le) "
+                    f"(rate(inscale_request_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
+                    "{{instance}}",
+                )
+            ],
+            (0, 14, 12, 8),
+        ),
+        timeseries(
+            "Mean time in the queue (autoscaling signal)",
+            "Average queue wait per request, per replica: scale out when it grows.",
+            "s",
+            [
+                (
+                    rate_sum("inscale_queue_duration_seconds_sum", "instance")
+                    + " / "
+                    + rate_sum("inscale_queue_duration_seconds_count", "instance"),
+                    "{{instance}}",
+                )
+            ],
+            (12, 14, 12, 8),
+        ),
+        timeseries(
+            "CPU per replica",
+            "Cores busy per replica.",
+            "suffix: cores",
+            [
+                (
+                    f"sum by (instance) (rate(process_cpu_seconds_total{{{INST}}}[{RATE}]))",
+                    "{{instance}}",
+                )
+            ],
+            (0, 22, 12, 8),
+        ),
+        timeseries(
+            "Average batch size per replica",
+            "Rows per model run; grows with load when batching works.",
+            "suffix: rows",
+            [
+                (
+                    f"sum by (instance) (rate(inscale_inference_rows_total{{{SEL}}}[{RATE}]))"
+                    f" / sum by (instance) (rate(inscale_model_runs_total{{{SEL}}}[{RATE}]))",
+                    "{{instance}}",
+                )
+            ],
+            (12, 22, 12, 8),
+        ),
+    ]
+    return dashboard(
+        "inscale-scaling",
+        "inscale: scaling",
+        "Replicas, throughput per replica, and latency as load grows.",
+        panels,
+    )
+
+
+def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    for name, board in (("inscale-overview", overview()), ("inscale-scaling", scaling())):
+        path = OUT / f"{name}.json"
+        path.write_text(json.dumps(board, indent=2) + "\n")
+        print(f"wrote {path.relative_to(HERE.parent.parent)}")
+
+
+if __name__ == "__main__":
+    main()
