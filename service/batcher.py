@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -219,7 +219,7 @@ class Batcher(Generic[T, R]):
         rows: int = 1,
         key: Hashable = None,
         deadline: float | None = None,
-        abandon_on: "asyncio.Future[object] | None" = None,
+        abandon_on: "asyncio.Future[Any] | None" = None,
     ) -> R:
         """Queue one request and wait for its result.
 

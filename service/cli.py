@@ -33,6 +33,7 @@ _SERVE_FLAGS = {
     "model_control": "INSCALE_MODEL_CONTROL",
     "default_model": "INSCALE_DEFAULT_MODEL",
     "providers": "INSCALE_PROVIDERS",
+    "access_log": "INSCALE_ACCESS_LOG",
 }
 
 
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--default-model", help="model for /predict requests that name none")
     serve.add_argument("--providers", help="comma-separated, e.g. cuda,cpu (default cpu)")
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
 
     models = commands.add_parser("models", help="list what a repository would load, and why not")
     models.add_argument("repository", nargs="?", type=Path, help="default: the bundled models")
@@ -79,9 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"inscale: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     with _metrics_folder(settings):
-        _run_uvicorn(settings, args.access_log)
+        _run_uvicorn(settings, settings.access_log)
     return 0
 
 

@@ -47,8 +47,12 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [request_id={rid}]" if rid else line
 
 
-def configure_logging(level: str, fmt: str) -> None:
-    """Send our logs and uvicorn's through one handler on stderr."""
+def configure_logging(level: str, fmt: str, access_log: bool = False) -> None:
+    """Send our logs and uvicorn's through one handler on stderr.
+
+    uvicorn's access logger is silenced unless asked for: a line per request costs more
+    than a percent of the request path.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         _JsonFormatter()
@@ -61,3 +65,4 @@ def configure_logging(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = not access_log

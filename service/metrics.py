@@ -120,7 +120,7 @@ class ModelMetrics:
 
 
 class Exchange:
-    """One HTTP request in progress: which model version it resolved to, if any."""
+    """One HTTP request in progress: the model version it resolved to, if any."""
 
     __slots__ = ("model",)
 

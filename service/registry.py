@@ -66,8 +66,10 @@ class ModelRegistry:
     def get(self, name: str, version: int | None = None) -> ModelRunner:
         """The runner for a version, or the newest ready version when none is given."""
         versions = self._models.get(name)
-        if not versions:
+        if versions is None:
             raise ModelNotFound(f"unknown model '{name}'")
+        if not versions:
+            raise ModelNotReady(f"model '{name}' is still loading")
         if version is None:
             ready = [e for e in versions.values() if e.state is ModelState.READY]
             if not ready:
@@ -112,7 +114,11 @@ class ModelRegistry:
 
     async def load_all(self) -> None:
         """Load every model; a failure is recorded (and logged) and the next one goes on."""
-        for name in self.repository.names():
+        names = self.repository.names()
+        for name in names:
+            # Known but not loaded yet: a request for it is "not ready" (503), not "unknown".
+            self._models.setdefault(name, {})
+        for name in names:
             with contextlib.suppress(InscaleError):
                 await self.load(name)
 

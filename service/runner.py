@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ class ModelRunner:
         self,
         arrays: Arrays,
         timeout_s: float | None = None,
-        abandon_on: "asyncio.Future[object] | None" = None,
+        abandon_on: "asyncio.Future[Any] | None" = None,
     ) -> Arrays:
         """Run one request (one or more rows); the deadline is the model's unless shorter."""
         rows = check_inputs(
@@ -244,6 +245,10 @@ class ModelRunner:
 
     def warm_up(self) -> None:
         """Run each preferred batch size (and one row) on every session before serving."""
+        if any(spec.datatype.name == "BF16" for spec in self.signature.inputs):
+            # numpy has no bfloat16, so no sample can be made; the first request warms up.
+            log.warning("model %s: BF16 inputs, warm-up skipped", self.name)
+            return
         sizes = sorted({1, *self.config.batching.preferred_batch_sizes}) if self.batching else [1]
         rng = np.random.default_rng(0)
         sessions = [self._sessions.get() for _ in range(self.config.instances)]

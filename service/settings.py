@@ -83,6 +83,7 @@ class ServerSettings(BaseSettings):
         le=3600,
         description="On SIGTERM, how long in-flight and queued requests may take to finish.",
     )
+    access_log: bool = Field(default=False, description="Log a line for every request.")
     retry_after_s: int = Field(
         default=1, ge=0, le=3600, description="Retry-After sent with 503 on a full queue."
     )

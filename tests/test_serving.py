@@ -210,6 +210,11 @@ def test_not_ready_until_models_are_loaded_and_live_meanwhile(tmp_path: Path) ->
 
 def test_several_worker_processes_serve_the_same_models(test_repo: Path) -> None:
     with running_server(test_repo, "--workers", "2") as proc:
+        # Readiness answers from one worker; wait until both have loaded the model.
+        deadline = time.monotonic() + 30
+        while proc.log_text().count('"loaded model identity') < 2:
+            assert time.monotonic() < deadline, proc.log_text()
+            time.sleep(0.05)
         pids = set()
         for i in range(40):
             response = httpx.post(

@@ -83,12 +83,12 @@ def create_app(settings: ServerSettings) -> ASGIApp:
             v2_routes.infer,
         ),
     ]
-    data_plane = FastPath(app, data_plane_routes)
-    served = RequestIdMiddleware(data_plane)
-    if metrics is None:
-        return served
-    # Outermost, so it measures everything; the fast path's routes are the inference routes.
-    return MetricsMiddleware(served, metrics, data_plane_routes)
+    data_plane: ASGIApp = FastPath(app, data_plane_routes)
+    if metrics is not None:
+        # Around everything but the request id (it must sit inside an `async def` layer);
+        # the fast path's routes are the inference routes.
+        data_plane = MetricsMiddleware(data_plane, metrics, data_plane_routes)
+    return RequestIdMiddleware(data_plane)
 
 
 async def _initial_load(ctx: AppContext) -> None:
@@ -119,5 +119,5 @@ def _tune_gc() -> None:
 def create_app_from_env() -> ASGIApp:
     """Entry point for uvicorn worker processes: settings come from INSCALE_* variables."""
     settings = ServerSettings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     return create_app(settings)

@@ -1,11 +1,15 @@
 """Reading request bodies within the configured size limit, and watching for disconnects."""
 
 import asyncio
+from typing import Any
 
 import orjson
 from fastapi import Request
 
+from service.batch_arrays import Arrays
 from service.errors import InvalidInput, PayloadTooLarge
+from service.http.errors import ClientGone
+from service.runner import ModelRunner
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -39,10 +43,19 @@ def parse_json(body: bytes) -> object:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
 
 
-def watch_disconnect(request: Request) -> "asyncio.Future[object]":
-    """A task that completes when the client goes away.
+async def infer_while_connected(
+    request: Request, runner: ModelRunner, arrays: Arrays, timeout_s: float | None
+) -> Arrays:
+    """Run a request, dropping it from the queue if its client disconnects meanwhile.
 
     Only valid once the body has been read: the next ASGI message is then the disconnect.
-    The caller cancels it when the response is ready.
     """
-    return asyncio.ensure_future(request.receive())
+    gone: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
+    try:
+        return await runner.infer(arrays, timeout_s, abandon_on=gone)
+    except asyncio.CancelledError:
+        if not gone.done():
+            raise  # the server is cancelling us, not the client leaving
+        raise ClientGone from None
+    finally:
+        gone.cancel()

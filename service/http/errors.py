@@ -47,6 +47,10 @@ STATUS: dict[type[InscaleError], int] = {
 V2_STATUS: dict[type[InscaleError], int] = {**STATUS, DeadlineExceeded: 503}
 
 
+class ClientGone(Exception):
+    """The client disconnected while its request waited; nobody will read an answer."""
+
+
 def status_for(exc: InscaleError, table: dict[type[InscaleError], int] = STATUS) -> int:
     for cls in type(exc).__mro__:
         if cls in table:
@@ -70,6 +74,9 @@ def _server_failed(status: int) -> Response:
 
 def response_for(request: Request, exc: Exception) -> Response:
     """The response for any exception escaping a route (the data-plane fast path uses it too)."""
+    if isinstance(exc, ClientGone):
+        # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
+        return error_response(499, "client closed the request")
     if not isinstance(exc, InscaleError):
         log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
         return _server_failed(500)

@@ -1,14 +1,11 @@
 """`POST /predict`: the simple JSON endpoint. HTTP -> decode -> runner -> encode."""
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service import predict_codec
-from service.http.body import parse_json, read_body, watch_disconnect
+from service.http.body import infer_while_connected, parse_json, read_body
 from service.http.context import context
-from service.http.errors import error_response
 
 router = APIRouter()
 
@@ -41,16 +38,7 @@ async def predict(request: Request) -> Response:
     parsed = predict_codec.parse_request(parse_json(body))
     runner = ctx.registry.get(ctx.model_name(parsed.model), parsed.version)
     arrays = predict_codec.to_arrays(parsed.inputs, runner.signature)
-    gone = watch_disconnect(request)
-    try:
-        outputs = await runner.infer(arrays, parsed.timeout_s, abandon_on=gone)
-    except asyncio.CancelledError:
-        if not gone.done():
-            raise  # the server is cancelling us, not the client leaving
-        # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
-        return error_response(499, "client closed the request")
-    finally:
-        gone.cancel()
+    outputs = await infer_while_connected(request, runner, arrays, parsed.timeout_s)
     return Response(
         predict_codec.encode_response(runner.name, runner.version, outputs),
         media_type="application/json",

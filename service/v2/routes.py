@@ -8,7 +8,6 @@ exceptions, mapped to statuses in `service/http/errors.py` like every other rout
 the request: path parameters are read from `request.path_params` on every route.
 """
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -17,9 +16,8 @@ from starlette.responses import Response
 
 from service import __version__
 from service.errors import InvalidInput, ModelNotFound, Unsupported
-from service.http.body import read_body, watch_disconnect
+from service.http.body import infer_while_connected, read_body
 from service.http.context import context
-from service.http.errors import error_response
 from service.json_arrays import dumps
 from service.registry import ModelRegistry, ModelState
 from service.repository import check_model_name
@@ -172,15 +170,7 @@ async def infer(request: Request) -> Response:
     runner = _runner(request)
     header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
     parsed = codec.decode_request(body, header_length, runner.signature)
-    gone = watch_disconnect(request)
-    try:
-        results = await runner.infer(parsed.arrays, parsed.timeout_s, abandon_on=gone)
-    except asyncio.CancelledError:
-        if not gone.done():
-            raise  # the server is cancelling us, not the client leaving
-        return error_response(499, "client closed the request")
-    finally:
-        gone.cancel()
+    results = await infer_while_connected(request, runner, parsed.arrays, parsed.timeout_s)
     content, json_length = codec.encode_response(
         runner.name, runner.version, parsed, results, runner.signature
     )
