@@ -97,8 +97,8 @@ def inscale_server(
 ) -> Iterator[Started]:
     """`inscale serve` on a free loopback port, pinned to `cpus`, ready when this yields.
 
-    Logs at warning: at info the server writes a line per request (uvicorn's access log,
-    which `configure_logging` re-enables), and that work would be measured too.
+    The port is chosen here, so no startup line is needed to learn it and the server logs
+    only warnings: a load test should measure serving, not logging.
     """
     port = free_port()
     cmd = [*pinned(cpus), sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"]
@@ -148,10 +148,12 @@ def inscale_replicas(
 def haproxy_config(port: int, backends: Sequence[str]) -> str:
     """HTTP mode, keep-alive to the replicas, least-connections balancing (each replica gets
     the next request when it has the fewest open, which follows a replica's speed), and a
-    readiness check so a replica that is not ready gets no traffic. One thread: it shares a
-    core with the load generator."""
+    readiness check so a replica that is not ready gets no traffic. The check is patient
+    (5 s, three misses): on a machine shared with other work a busy replica can take over a
+    second to answer, and taking it out would turn the step into fast 503s. One thread: it
+    shares a core with the load generator."""
     servers = "\n".join(
-        f"    server r{i} {url.removeprefix('http://')} check inter 1s"
+        f"    server r{i} {url.removeprefix('http://')} check inter 2s fall 3 rise 1"
         for i, url in enumerate(backends)
     )
     return f"""global
@@ -163,6 +165,7 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    timeout check 5s
     option http-keep-alive
     http-reuse always
 

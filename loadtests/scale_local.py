@@ -60,6 +60,12 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="digits-wide")
     parser.add_argument("--rows", type=int, default=1, help="rows per request")
     parser.add_argument("--model-repository", type=Path, help="default: the bundled models")
+    parser.add_argument(
+        "--retries", type=int, default=2, help="repeat a step that other work disturbed"
+    )
+    parser.add_argument(
+        "--max-other-cores", type=float, default=0.25, help="other work a step may see"
+    )
     return parser.parse_args(argv)
 
 
@@ -83,11 +89,16 @@ def run_wrk(args: argparse.Namespace, url: str, body: Path, connections: int, se
     return report
 
 
-def batch_counters(replicas: list[Started], model: str) -> tuple[float, float]:
-    """Rows and model runs so far, summed over the replicas (from their /metrics)."""
+def batch_counters(replicas: list[Started], model: str) -> tuple[float, float] | None:
+    """Rows and model runs so far, summed over the replicas (from their /metrics); None if
+    a replica did not answer in time (a starved machine), which leaves the figure out."""
     rows = runs = 0.0
     for replica in replicas:
-        instant = Instant(0, parse_exposition(httpx.get(f"{replica.url}/metrics").text))
+        try:
+            text = httpx.get(f"{replica.url}/metrics", timeout=30).text
+        except httpx.HTTPError:
+            return None
+        instant = Instant(0, parse_exposition(text))
         rows += instant.total("inscale_batch_size_rows_sum", model=model) or 0
         runs += instant.total("inscale_batch_size_rows_count", model=model) or 0
     return rows, runs
@@ -101,7 +112,7 @@ def measure_step(
     if args.warmup_seconds:
         run_wrk(args, lb.url, body, conc, args.warmup_seconds)
     pids = [r.pid for r in replicas]
-    rows_before, runs_before = batch_counters(replicas, args.model)
+    counters_before = batch_counters(replicas, args.model)
     before = [cpu_seconds(p) for p in pids], cpu_seconds(lb.pid), _children_cpu()
     busy_before, began = machine_busy_seconds(), time.monotonic()
     report = run_wrk(args, lb.url, body, conc, args.step_seconds)
@@ -109,16 +120,21 @@ def measure_step(
     after = [cpu_seconds(p) for p in pids], cpu_seconds(lb.pid), _children_cpu()
     replica_cores = [(a - b) / wall for a, b in zip(after[0], before[0], strict=True)]
     ours = sum(after[0]) - sum(before[0]) + after[1] - before[1] + after[2] - before[2]
-    rows_after, runs_after = batch_counters(replicas, args.model)
-    rows, runs = rows_after - rows_before, runs_after - runs_before
+    counters_after = batch_counters(replicas, args.model)
+    rows_per_run = None
+    if counters_before and counters_after and counters_after[1] > counters_before[1]:
+        rows = counters_after[0] - counters_before[0]
+        rows_per_run = rows / (counters_after[1] - counters_before[1])
     return {
         "replicas": len(replicas),
         "concurrency": conc,
         "requests_per_s": report["requests"] / (report["duration_us"] / 1e6),
+        # Answered 2xx: an error (a 503 from haproxy with no replica up) comes back fast.
+        "ok_per_s": (report["requests"] - report["errors"]) / (report["duration_us"] / 1e6),
         "p50_ms": report["p50_us"] / 1e3,
         "p99_ms": report["p99_us"] / 1e3,
         "errors": report["errors"],
-        "mean_batch_rows": rows / runs if runs else None,  # batching splits over replicas
+        "mean_batch_rows": rows_per_run,  # load split over replicas makes smaller batches
         "replica_cores": replica_cores,
         "server_cores": sum(replica_cores),
         "haproxy_cores": (after[1] - before[1]) / wall,
@@ -126,6 +142,22 @@ def measure_step(
         "other_cores": max(0.0, busy - ours) / wall,  # other work on the machine meanwhile
         "wrk": report,
     }
+
+
+def quietest_step(
+    args: argparse.Namespace, replicas: list[Started], lb: Started, body: Path, conc: int
+) -> Step:
+    """On a shared machine other work comes and goes: repeat a step it disturbed (more than
+    --max-other-cores), up to --retries times, and keep the attempt it disturbed least."""
+    best: Step | None = None
+    for attempt in range(1, args.retries + 2):
+        step = measure_step(args, replicas, lb, body, conc) | {"attempts": attempt}
+        if best is None or step["other_cores"] < best["other_cores"]:
+            best = step
+        if step["other_cores"] <= args.max_other_cores:
+            break
+    assert best is not None
+    return best
 
 
 def _children_cpu() -> float:
@@ -148,10 +180,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             haproxy([r.url for r in replicas], workdir, cpus=args.client_cpus) as lb,
         ):
             for conc in args.concurrency:
-                step = measure_step(args, replicas, lb, body, conc)
+                step = quietest_step(args, replicas, lb, body, conc)
                 steps.append(step)
                 print(
-                    f"replicas {count} concurrency {conc}: {step['requests_per_s']:,.0f} req/s, "
+                    f"replicas {count} concurrency {conc}: {step['ok_per_s']:,.0f} ok req/s, "
                     f"p99 {step['p99_ms']:.1f} ms, errors {step['errors']}, "
                     f"rows/run {step['mean_batch_rows'] or 0:.1f}, "
                     f"server {step['server_cores']:.2f} cores, "
@@ -170,6 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rows": args.rows,
             "nproc": os.cpu_count(),
             "load_average_at_start": load_at_start,
+            "retries": args.retries,
+            "max_other_cores": args.max_other_cores,
         },
         "steps": steps,
     }

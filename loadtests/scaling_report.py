@@ -16,11 +16,11 @@ Step = dict[str, Any]
 
 
 def peaks(steps: list[Step]) -> dict[int, Step]:
-    """For each replica count, the step with the most requests/s."""
+    """For each replica count, the step with the most successful requests/s."""
     best: dict[int, Step] = {}
     for step in steps:
         count = step["replicas"]
-        if count not in best or step["requests_per_s"] > best[count]["requests_per_s"]:
+        if count not in best or step["ok_per_s"] > best[count]["ok_per_s"]:
             best[count] = step
     return dict(sorted(best.items()))
 
@@ -49,7 +49,7 @@ def limits(result: dict[str, Any]) -> list[str]:
     for count, step in best.items():
         if one is None or count == min(best):
             continue
-        gain = step["requests_per_s"] / one["requests_per_s"]
+        gain = step["ok_per_s"] / one["ok_per_s"]
         ideal = min(count, cores) / min(min(best), cores)
         lines.append(
             f"{count} replicas: {gain:.2f}x the throughput of {min(best)} (at most {ideal:.1f}x "
@@ -80,12 +80,16 @@ def limits(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rows(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def table(result: dict[str, Any]) -> list[str]:
     settings, steps = result["settings"], result["steps"]
     best, counts = peaks(steps), sorted({s["replicas"] for s in steps})
-    base = best[counts[0]]["requests_per_s"]
+    base = best[counts[0]]["ok_per_s"]
     lines = [
-        "| replicas | cores per replica | peak req/s | at concurrency | p99 there | gain "
+        "| replicas | cores per replica | peak ok req/s | at concurrency | p99 there | gain "
         "| rows per model run | replicas' cores used | haproxy + wrk cores | other work (cores) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -93,12 +97,12 @@ def table(result: dict[str, Any]) -> list[str]:
         step = best[count]
         lines.append(
             f"| {count} | {cores_per_replica(count, settings):.2f} | "
-            f"{step['requests_per_s']:,.0f} | {step['concurrency']} | {step['p99_ms']:.1f} ms | "
-            f"{step['requests_per_s'] / base:.2f}x | {step.get('mean_batch_rows') or 0:.1f} | "
+            f"{step['ok_per_s']:,.0f} | {step['concurrency']} | {step['p99_ms']:.1f} ms | "
+            f"{step['ok_per_s'] / base:.2f}x | {_rows(step.get('mean_batch_rows'))} | "
             f"{step['server_cores']:.2f} | "
             f"{step['haproxy_cores'] + step['wrk_cores']:.2f} | {step['other_cores']:.2f} |"
         )
-    lines += ["", "Every step, req/s (p99 ms):", ""]
+    lines += ["", "Every step, successful req/s (p99 ms):", ""]
     lines.append("| concurrency | " + " | ".join(f"{c} replica(s)" for c in counts) + " |")
     lines.append("| ---: |" + " ---: |" * len(counts))
     for conc in settings["concurrency"]:
@@ -106,7 +110,7 @@ def table(result: dict[str, Any]) -> list[str]:
         for count in counts:
             step = next(s for s in steps if s["replicas"] == count and s["concurrency"] == conc)
             errors = f", {step['errors']} errors" if step["errors"] else ""
-            cells.append(f"{step['requests_per_s']:,.0f} ({step['p99_ms']:.1f}{errors})")
+            cells.append(f"{step['ok_per_s']:,.0f} ({step['p99_ms']:.1f}{errors})")
         lines.append(f"| {conc} | " + " | ".join(cells) + " |")
     return lines
 
@@ -117,7 +121,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         steps = [s for s in result["steps"] if s["replicas"] == count]
         conc = [s["concurrency"] for s in steps]
         label = f"{count} replica{'s' if count > 1 else ''}"
-        left.plot(conc, [s["requests_per_s"] for s in steps], "o-", label=label)
+        left.plot(conc, [s["ok_per_s"] for s in steps], "o-", label=label)
         right.plot(conc, [s["p99_ms"] for s in steps], "o-", label=label)
     for axes, title, unit in ((left, "Throughput", "requests / s"), (right, "p99 latency", "ms")):
         axes.set_title(title, fontsize=11)
@@ -143,6 +147,10 @@ def write_outputs(result: dict[str, Any], run_dir: Path) -> None:
         f"{settings['rows']} row(s) per request, {settings['step_seconds']} s per step",
         "",
         *table(result),
+        "",
+        f"A step that other work on the machine disturbed (over {settings['max_other_cores']:g} "
+        f"cores) was repeated up to {settings['retries']} times; the least disturbed attempt "
+        "is kept.",
         "",
         *limits(result),
         "",

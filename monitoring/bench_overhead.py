@@ -3,11 +3,11 @@
     .venv/bin/python monitoring/bench_overhead.py --rounds 6 --duration 8
 
 Each round starts a server with `INSCALE_METRICS=false`, then one with `true` (the order
-alternates between rounds), on the bundled `digits` model (the cheapest, so the share metrics
-take is the largest), pinned to `--server-cpu`, and drives it with one wrk thread pinned to
-`--client-cpu` at `--connections` connections. It reports requests/s and the server's CPU time
-per request (from /proc, which other work on the machine disturbs less than throughput), and
-the medians over the rounds. Needs wrk and taskset.
+alternates between rounds), on a bundled model (`digits` by default: the cheapest, so the
+share metrics take is the largest), pinned to `--server-cpu`, and drives it with one wrk
+thread pinned to `--client-cpu` at `--connections` connections. It reports requests/s and the
+server's CPU time per request (from /proc, which other work on the machine disturbs less than
+throughput), and the medians over the rounds. Needs wrk and taskset.
 """
 
 import argparse
@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--model", default="digits", help="a bundled model: digits, digits-wide")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--port", type=int, default=8797)
@@ -84,7 +85,7 @@ def main() -> int:
     rows = json.loads(SAMPLE.read_text())["inputs"][:1]
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as body:
-        body.write(json.dumps({"model": "digits", "inputs": rows}))
+        body.write(json.dumps({"model": args.model, "inputs": rows}))
         body.flush()
         for n in range(args.rounds):
             for metrics in (False, True) if n % 2 == 0 else (True, False):

@@ -101,7 +101,7 @@ def bundled() -> Iterator[ServerProcess]:
 @pytest.fixture(scope="module")
 def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`overloaded`: digits-wide that queues at most 2 requests for at most 1 ms each, one
-    row per run, so 16 users get both 503s (queue full) and 504s (deadline passed while
+    row per run, so 18 users get both 503s (queue full) and 504s (deadline passed while
     queued). `liar`: a model whose every answer is wrong."""
     repo = tmp_path_factory.mktemp("troubled")
     (repo / "overloaded" / "1").mkdir(parents=True)
@@ -205,7 +205,7 @@ def test_report_writes_plots_and_states_the_knee(ramp: Path, tmp_path: Path) -> 
 )
 def test_scaling_scenario_behind_haproxy(tmp_path: Path) -> None:
     args = ["--replicas", "1,2", "--concurrency", "4", "--step-seconds", "1"]
-    run_script("scale_local.py", str(tmp_path), *args, "--warmup-seconds", "0")
+    run_script("scale_local.py", str(tmp_path), *args, "--warmup-seconds", "0", "--retries", "0")
     result = json.loads((tmp_path / "scaling.json").read_text())
     assert [(s["replicas"], s["concurrency"]) for s in result["steps"]] == [(1, 4), (2, 4)]
     for step in result["steps"]:
