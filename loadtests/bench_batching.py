@@ -32,7 +32,7 @@ from bench_report import print_tables, targets_met
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SAMPLE = ROOT / "service" / "bundled_models" / "sample_input.json"
+SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 WRK_SCRIPT = HERE / "wrk_report.lua"
 MODELS = ("wide", "wide-nobatch", "identity")
 RAW_BATCH_SIZES = (1, 8, 32, 64)
@@ -107,7 +107,7 @@ def wait_until_ready(base_url: str, timeout_s: float = 120) -> None:
 @contextmanager
 def running_server(repo: Path, cpu: int | None, log: Path) -> Iterator[Server]:
     prefix = [] if cpu is None else pin(cpu)
-    cmd = [*prefix, sys.executable, "-m", "service", "serve", "--model-repository", str(repo)]
+    cmd = [*prefix, sys.executable, "-m", "inscale", "serve", "--model-repository", str(repo)]
     cmd += ["--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--log-format", "json"]
     with log.open("wb") as sink:
         # Own session: a Ctrl-C on the terminal reaches only us, and we stop the server in order.

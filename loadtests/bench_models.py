@@ -19,10 +19,12 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, save
 
-from service.model_config import RuntimeConfig
-from service.runtime import session_options
+from inscale.models.config import RuntimeConfig
+from inscale.models.session import session_options
 
-WIDE_ONNX = Path(__file__).resolve().parents[1] / "service/bundled_models/digits-wide/1/model.onnx"
+WIDE_ONNX = (
+    Path(__file__).resolve().parents[1] / "service/inscale/bundled_models/digits-wide/1/model.onnx"
+)
 
 
 def identity_model() -> Any:

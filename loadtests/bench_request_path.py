@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from service import predict_codec
-from service.datatypes import BY_NAME
-from service.settings import BUNDLED_REPOSITORY
-from service.signature import Signature, TensorSpec, check_inputs
+from inscale.datatypes import BY_NAME
+from inscale.models.signature import Signature, TensorSpec, check_inputs
+from inscale.protocols.predict import codec as predict_codec
+from inscale.settings import BUNDLED_REPOSITORY
 
 ROW = json.loads((BUNDLED_REPOSITORY / "sample_input.json").read_text())["inputs"][0]
 BODY = orjson.dumps({"model": "digits-wide", "inputs": [ROW]})

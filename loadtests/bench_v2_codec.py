@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from perf_analyzer_env import find_perf_analyzer  # noqa: E402
 
-from service.datatypes import BY_NAME  # noqa: E402
-from service.signature import Signature, TensorSpec  # noqa: E402
-from service.v2 import codec  # noqa: E402
+from inscale.datatypes import BY_NAME  # noqa: E402
+from inscale.models.signature import Signature, TensorSpec  # noqa: E402
+from inscale.protocols.v2 import codec  # noqa: E402
 
 Row = dict[str, Any]
 # name: (model, rows per request, features per row, perf_analyzer requests per window)

@@ -40,7 +40,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 SAMPLE = json.loads(
     (
-        Path(__file__).resolve().parent.parent / "service/bundled_models/sample_input.json"
+        Path(__file__).resolve().parent.parent / "service/inscale/bundled_models/sample_input.json"
     ).read_text()
 )
 ROWS: list[list[float]] = SAMPLE["inputs"]

@@ -101,7 +101,7 @@ def inscale_server(
     only warnings: a load test should measure serving, not logging.
     """
     port = free_port()
-    cmd = [*pinned(cpus), sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"]
+    cmd = [*pinned(cpus), sys.executable, "-m", "inscale", "serve", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-format", "json", "--log-level", "warning"]
     if model_repository is not None:
         cmd += ["--model-repository", str(model_repository)]

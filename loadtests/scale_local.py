@@ -38,7 +38,7 @@ from scaling_report import write_outputs
 from server_metrics import Instant, parse_exposition
 
 HERE = Path(__file__).resolve().parent
-SAMPLE = HERE.parent / "service" / "bundled_models" / "sample_input.json"
+SAMPLE = HERE.parent / "service" / "inscale" / "bundled_models" / "sample_input.json"
 WRK_SCRIPT = HERE / "wrk_report.lua"  # POSTs $WRK_BODY_FILE, prints one JSON line
 Step = dict[str, Any]
 

@@ -24,7 +24,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = ROOT / "loadtests" / "wrk_report.lua"
-SAMPLE = ROOT / "service" / "bundled_models" / "sample_input.json"
+SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,7 +44,7 @@ def wrk(args: argparse.Namespace, url: str, body: Path, seconds: int) -> dict[st
 
 def one_run(args: argparse.Namespace, metrics: bool, port: int, body: Path) -> tuple[float, float]:
     env = {**os.environ, "INSCALE_METRICS": str(metrics).lower()}
-    cmd = ["taskset", "-c", str(args.server_cpu), sys.executable, "-m", "service", "serve"]
+    cmd = ["taskset", "-c", str(args.server_cpu), sys.executable, "-m", "inscale", "serve"]
     cmd += ["--port", str(port), "--log-level", "warning"]
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

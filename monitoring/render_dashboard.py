@@ -35,7 +35,7 @@ from PIL import Image  # matplotlib's own dependency
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "inscale-overview.json"
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
-SAMPLE = ROOT / "service" / "bundled_models" / "sample_input.json"
+SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 WRK_SCRIPT = ROOT / "loadtests" / "wrk_report.lua"
 STAGES = (1, 4, 16, 48)  # wrk connections, rising, each for an equal part of the run
 BG, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
@@ -62,7 +62,7 @@ def wait_for(url: str, timeout_s: float = 60) -> None:
 
 
 def start_inscale(port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "service", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "inscale", "serve", "--port", str(port), "--log-level", "warning"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 

@@ -32,7 +32,7 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60) -> None:
-        cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "inscale", "serve", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--log-format", "json", *self.args]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

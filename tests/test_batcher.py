@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batcher import (
+from inscale.batcher import (
     Batcher,
     BatchFailedError,
     BatchPolicy,

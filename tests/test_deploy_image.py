@@ -26,9 +26,9 @@ from containers import (
     podman_problem,
     running_container,
 )
-from service import __version__
+from inscale import __version__
 
-SAMPLE = json.loads((ROOT / "service/bundled_models/sample_input.json").read_text())
+SAMPLE = json.loads((ROOT / "service/inscale/bundled_models/sample_input.json").read_text())
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "loadtests/Dockerfile"]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # The image's user (Dockerfile USER) and the settings docker-compose and k8s/ rely on.

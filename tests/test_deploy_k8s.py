@@ -29,9 +29,9 @@ from containers import (
     podman_problem,
     unique_name,
 )
+from inscale.models.config import load_model_config
+from inscale.settings import BUNDLED_REPOSITORY, ServerSettings
 from server import ServerProcess, running_server
-from service.model_config import load_model_config
-from service.settings import BUNDLED_REPOSITORY, ServerSettings
 
 K8S = ROOT / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
@@ -480,7 +480,7 @@ def test_deployment_pod_starts_and_gets_ready_under_podman_kube_play() -> None:
             wide["versions"][0]["batching"]["max_queue_size"]
             == config["batching"]["max_queue_size"]
         )
-        sample = json.loads((ROOT / "service/bundled_models/sample_input.json").read_text())
+        sample = json.loads((ROOT / "service/inscale/bundled_models/sample_input.json").read_text())
         answer = httpx.post(
             f"{container.url}/predict", json={"inputs": sample["inputs"]}, timeout=30
         )

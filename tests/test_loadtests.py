@@ -24,7 +24,7 @@ from server import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"
-WIDE = ROOT / "service/bundled_models/digits-wide/1/model.onnx"
+WIDE = ROOT / "service/inscale/bundled_models/digits-wide/1/model.onnx"
 NAMES = ("/predict", "/v2/models/{model}/infer [json]", "/v2/models/{model}/infer [binary]")
 
 sys.path.insert(0, str(LOADTESTS))

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
-from service.gpu import GpuCollector, gpu_collector
-from service.metrics import LATENCY_BUCKETS, Exchange, Metrics, Outcome
-from service.process_metrics import memory_limit_bytes
+from inscale.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
+from inscale.metrics.gpu import GpuCollector, gpu_collector
+from inscale.metrics.process import memory_limit_bytes
+from inscale.metrics.prometheus import LATENCY_BUCKETS, Exchange, Metrics, Outcome
 
 LABELS = {"model": "m", "version": "3"}
 

@@ -10,8 +10,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from inscale.settings import BUNDLED_REPOSITORY
 from server import ServerProcess, running_server
-from service.settings import BUNDLED_REPOSITORY
 
 SAMPLE = json.loads((BUNDLED_REPOSITORY / "sample_input.json").read_text())
 

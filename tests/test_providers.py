@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from inscale.models.config import RuntimeConfig
+from inscale.models.providers import CPU, choose_providers
+from inscale.models.session import open_session
 from onnx_models import add_model, identity
 from server import running_server
-from service.model_config import RuntimeConfig
-from service.providers import CPU, choose_providers
-from service.runtime import open_session
 
 
 def test_unavailable_providers_are_skipped_and_cpu_is_always_last() -> None:

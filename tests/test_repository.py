@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from inscale.cli import main
+from inscale.errors import ConfigError, InvalidInput, ModelNotFound
+from inscale.models.config import ModelConfig, load_model_config
+from inscale.models.repository import ModelRepository, check_model_name
 from onnx_models import add_model, identity
-from service.cli import main
-from service.errors import ConfigError, InvalidInput, ModelNotFound
-from service.model_config import ModelConfig, load_model_config
-from service.repository import ModelRepository, check_model_name
 
 
 def model_folder(
@@ -316,7 +316,7 @@ def test_python_m_service_models_exits_1_when_a_model_cannot_load(tmp_path: Path
     model_folder(tmp_path, "good", [1])
     (tmp_path / "empty").mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "service", "models", str(tmp_path)],
+        [sys.executable, "-m", "inscale", "models", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

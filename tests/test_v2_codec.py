@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from service.datatypes import BY_NAME
-from service.errors import InvalidInput
-from service.signature import Signature, TensorSpec
-from service.v2 import codec
+from inscale.datatypes import BY_NAME
+from inscale.errors import InvalidInput
+from inscale.models.signature import Signature, TensorSpec
+from inscale.protocols.v2 import codec
 
 
 def spec(name: str, datatype: str, *shape: int | None) -> TensorSpec:

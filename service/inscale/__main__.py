@@ -1,0 +1,3 @@
+from inscale.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Models on disk: a folder per model, numbered version folders holding `model.onnx`.
+
+This module only reads the folder and decides what would be loaded; loading is the
+registry's job. `inscale models` prints what `scan` finds, so a user can see why a model
+would not load without starting the server.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inscale.errors import InscaleError, InvalidInput, ModelNotFound
+from inscale.models.config import ModelConfig, find_config_file, load_model_config
+
+MODEL_FILENAME = "model.onnx"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """A model folder as found on disk, with the versions its policy selects."""
+
+    name: str
+    directory: Path
+    config: ModelConfig | None  # None when the config file is invalid
+    config_file: Path | None
+    versions: tuple[int, ...]  # selected by the version policy, ascending
+    problems: tuple[str, ...] = field(default=())  # why it (or some version) cannot load
+
+    def model_path(self, version: int) -> Path:
+        return self.directory / str(version) / MODEL_FILENAME
+
+
+def check_model_name(name: str) -> None:
+    """A model name must be a plain folder name: no separators, no `..`, nothing hidden."""
+    if not _PLAIN_NAME.match(name) or name in (".", ".."):
+        raise InvalidInput(f"'{name}' is not a valid model name (a plain folder name is needed)")
+
+
+class ModelRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and _PLAIN_NAME.match(p.name)
+        )
+
+    def scan(self) -> list[ModelSource]:
+        return [self.describe(name) for name in self.names()]
+
+    def describe(self, name: str) -> ModelSource:
+        check_model_name(name)
+        directory = self.root / name
+        if not directory.is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
+        problems: list[str] = []
+        config: ModelConfig | None
+        try:
+            config_file = find_config_file(directory)
+            config = load_model_config(directory)
+        except InscaleError as exc:
+            config_file, config = None, None
+            problems.append(exc.message)
+        available = _numbered_versions(directory)
+        if not available:
+            problems.append(
+                f"no version folder with {MODEL_FILENAME} (expected {name}/1/{MODEL_FILENAME})"
+            )
+        policy = config.versions if config is not None else "latest"
+        if policy == "latest":
+            selected = available[-1:]
+        elif policy == "all":
+            selected = available
+        else:
+            missing = sorted(set(policy) - set(available))
+            if missing:
+                problems.append(f"listed versions not found: {', '.join(map(str, missing))}")
+            selected = [v for v in available if v in policy]
+        return ModelSource(name, directory, config, config_file, tuple(selected), tuple(problems))
+
+
+def _numbered_versions(directory: Path) -> list[int]:
+    return sorted(
+        int(p.name)
+        for p in directory.iterdir()
+        # Versions are positive, as in Triton; "0" is not a version folder.
+        if p.is_dir() and p.name.isdigit() and int(p.name) > 0 and (p / MODEL_FILENAME).is_file()
+    )

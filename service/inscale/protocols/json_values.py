@@ -1,0 +1,60 @@
+"""JSON values (nested lists) to numpy arrays of a declared dtype, and arrays back to JSON.
+
+The conversion is one `numpy.array` call plus a check of the element kind: no per-element
+Python work, and no silent truncation (1.5 for an integer input is an error, not 1).
+"""
+
+import numpy as np
+import orjson
+
+from inscale.errors import InvalidInput
+
+# Which JSON-derived element kinds each target kind accepts: numbers widen to floats,
+# integers stay integers, booleans and strings only match themselves.
+_ACCEPTS = {
+    "f": frozenset("fiu"),
+    "i": frozenset("iu"),
+    "u": frozenset("iu"),
+    "b": frozenset("b"),
+    "O": frozenset("U"),
+}
+_KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "O": "strings"}
+# numpy makes an object array of anything it cannot type: null, objects, mixed values.
+_GOT_WORDS = {**_KIND_WORDS, "U": "strings", "O": "null, objects or mixed values"}
+
+
+def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:
+    """Convert one input's JSON value; errors name the input and what was wrong."""
+    try:
+        array = np.array(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"input '{name}': rows differ in length or mix types") from exc
+    if array.dtype == dtype:
+        return array
+    kind = "O" if dtype.kind == "O" else dtype.kind
+    if array.dtype.kind not in _ACCEPTS[kind]:
+        got = _GOT_WORDS.get(array.dtype.kind, "mixed or nested values")
+        if array.size == 0:
+            return array.astype(dtype)
+        raise InvalidInput(f"input '{name}': expected {_KIND_WORDS[kind]}, got {got}")
+    if kind in "iu":
+        info = np.iinfo(dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidInput(f"input '{name}': values outside the range of {dtype}")
+    return array.astype(dtype)
+
+
+def _fallback(value: object) -> object:
+    # orjson serialises C-contiguous arrays of common dtypes itself; the rest (float16,
+    # strings, trimmed views) go through tolist.
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(document: object) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY, default=_fallback)

@@ -1,0 +1,91 @@
+"""The simple `/predict` format, decoded to numpy arrays and encoded back.
+
+Request:  {"model"?: str, "version"?: int, "timeout_ms"?: number,
+           "inputs": array | {input_name: array}}
+Response: {"model": str, "version": int, "outputs": {output_name: array}}
+
+A bare array is allowed for a model with exactly one input.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from inscale.batch_arrays import Arrays
+from inscale.errors import InvalidInput
+from inscale.models.signature import Signature
+from inscale.protocols.json_values import dumps, to_array
+
+_FIELDS = frozenset({"model", "version", "timeout_ms", "inputs"})
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    model: str | None
+    version: int | None
+    timeout_s: float | None
+    inputs: Any  # the raw JSON value, converted once the model (so the dtypes) is known
+
+
+def parse_request(document: object) -> PredictRequest:
+    if not isinstance(document, dict):
+        raise InvalidInput('the body must be a JSON object with an "inputs" field')
+    unknown = sorted(set(document) - _FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field '{unknown[0]}' (expected: {', '.join(sorted(_FIELDS))})")
+    if "inputs" not in document:
+        raise InvalidInput('missing field "inputs"')
+    model = document.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidInput('"model" must be a string')
+    return PredictRequest(
+        model=model,
+        version=_version(document.get("version")),
+        timeout_s=_timeout(document.get("timeout_ms")),
+        inputs=document["inputs"],
+    )
+
+
+def _version(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidInput('"version" must be a positive integer')
+    if isinstance(value, str) and not value.isdigit():
+        raise InvalidInput('"version" must be a positive integer')
+    if int(value) < 1:
+        raise InvalidInput('"version" must be a positive integer')
+    return int(value)
+
+
+def _timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidInput('"timeout_ms" must be a positive number')
+    return float(value) / 1000
+
+
+def to_arrays(raw: object, signature: Signature) -> Arrays:
+    """Convert the request's inputs to arrays of the model's declared dtypes."""
+    if isinstance(raw, dict):
+        arrays: Arrays = {}
+        for name, value in raw.items():
+            spec = signature.input(name)
+            if spec is None:
+                expected = ", ".join(s.name for s in signature.inputs)
+                raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {expected}")
+            arrays[name] = to_array(name, value, spec.datatype.numpy)
+        return arrays
+    if isinstance(raw, list):
+        if len(signature.inputs) != 1:
+            names = ", ".join(s.name for s in signature.inputs)
+            raise InvalidInput(
+                f'this model has several inputs ({names}); send "inputs" as an object by name'
+            )
+        spec = signature.inputs[0]
+        return {spec.name: to_array(spec.name, raw, spec.datatype.numpy)}
+    raise InvalidInput('"inputs" must be an array or an object mapping input names to arrays')
+
+
+def encode_response(model: str, version: int, outputs: Arrays) -> bytes:
+    return dumps({"model": model, "version": version, "outputs": outputs})

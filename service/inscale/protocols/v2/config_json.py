@@ -1,0 +1,84 @@
+"""A loaded model described in the protocol's words: model metadata and Triton's config JSON.
+
+perf_analyzer and tritonclient read these before sending a request: the config's
+`max_batch_size` (0 = not batchable) says whether the first metadata dim is the batch dim,
+the config's dims leave that dim out, and `dynamic_batching` is present only when the
+server really merges requests.
+"""
+
+from typing import Any
+
+from inscale.models.providers import CPU
+from inscale.models.signature import TensorSpec
+from inscale.models.version import ModelRunner
+
+PLATFORM = "onnxruntime_onnx"
+
+
+def _dims(spec: TensorSpec) -> list[int]:
+    return [-1 if d is None else d for d in spec.shape]
+
+
+def model_metadata(runner: ModelRunner, ready_versions: list[int]) -> dict[str, Any]:
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        return {"name": spec.name, "datatype": spec.datatype.name, "shape": _dims(spec)}
+
+    return {
+        "name": runner.name,
+        "versions": [str(v) for v in ready_versions],
+        "platform": PLATFORM,
+        "inputs": [tensor(s) for s in runner.signature.inputs],
+        "outputs": [tensor(s) for s in runner.signature.outputs],
+    }
+
+
+def model_config(runner: ModelRunner) -> dict[str, Any]:
+    batchable = runner.signature.batchable
+    config = runner.config
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        dims = _dims(spec)
+        return {
+            "name": spec.name,
+            "data_type": spec.datatype.config_name,
+            "dims": dims[1:] if batchable else dims,
+        }
+
+    policy = config.versions
+    version_policy: dict[str, Any] = (
+        {"latest": {"num_versions": 1}}
+        if policy == "latest"
+        else {"all": {}}
+        if policy == "all"
+        else {"specific": {"versions": list(policy)}}
+    )
+    document: dict[str, Any] = {
+        "name": runner.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        "version_policy": version_policy,
+        "max_batch_size": runner.max_rows if batchable else 0,
+        "input": [tensor(s) for s in runner.signature.inputs],
+        "output": [tensor(s) for s in runner.signature.outputs],
+        "instance_group": [
+            {
+                "name": runner.name,
+                "kind": "KIND_CPU" if runner.providers[0] == CPU else "KIND_GPU",
+                "count": config.instances,
+            }
+        ],
+        "model_transaction_policy": {"decoupled": False},
+    }
+    if runner.batching:
+        batching = config.batching
+        document["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),
+            "preferred_batch_size": list(batching.preferred_batch_sizes),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": round(config.timeout_ms * 1000),
+                "allow_timeout_override": True,
+                "max_queue_size": batching.max_queue_size,
+            },
+        }
+    return document

@@ -1,0 +1,54 @@
+"""The statistics extension: per model version, counts and cumulative nanoseconds.
+
+Every field perf_analyzer reads is always present (it fetches statistics around each
+measurement window when `statistics` is advertised). Where the figures come from:
+
+- `success`, `fail`: requests that reached the batcher, timed from queueing to result
+  (the runner's `request_stats`); a request refused by validation never gets that far;
+- `queue`: every request that ran, and the time it waited in the queue (the batcher's);
+- `compute_input|infer|output`: per successful request, the merge, `session.run` and split
+  times of the batch it ran in; `batch_stats` has the same per batch size, once per run;
+- `inference_count` counts rows and `execution_count` model runs, so their ratio is the mean
+  batch size; `last_inference` is when the last run finished, in ms since the epoch;
+- `cache_hit`, `cache_miss`: always zero, there is no response cache.
+"""
+
+from typing import Any
+
+from inscale.models.version import ModelRunner, StepTimes
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+def _steps(times: StepTimes) -> dict[str, dict[str, int]]:
+    return {
+        "compute_input": _duration(times.count, times.input_ns),
+        "compute_infer": _duration(times.count, times.infer_ns),
+        "compute_output": _duration(times.count, times.output_ns),
+    }
+
+
+def model_stats(runner: ModelRunner) -> dict[str, Any]:
+    requests = runner.request_stats()
+    batcher = runner.batcher_stats()
+    runs = runner.run_stats()
+    sizes = sorted(runs.per_batch_size.items())
+    executed = batcher.succeeded + batcher.failed
+    return {
+        "name": runner.name,
+        "version": str(runner.version),
+        "last_inference": int(batcher.last_run_unix * 1000),
+        "inference_count": sum(size * times.count for size, times in sizes),
+        "execution_count": sum(times.count for _, times in sizes),
+        "inference_stats": {
+            "success": _duration(requests.success_count, requests.success_ns),
+            "fail": _duration(requests.fail_count, requests.fail_ns),
+            "queue": _duration(executed, round(batcher.queue_seconds * 1e9)),
+            **_steps(runs.per_request),
+            "cache_hit": _duration(0, 0),
+            "cache_miss": _duration(0, 0),
+        },
+        "batch_stats": [{"batch_size": size, **_steps(times)} for size, times in sizes],
+    }
