@@ -1,14 +1,18 @@
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from onnx_models import add_model, busy, fixed_batch, identity, two_in_two_out, variable_length
-from server import ServerProcess, running_server
+from support.onnx_models import (
+    add_model,
+    busy,
+    fixed_batch,
+    identity,
+    two_in_two_out,
+    variable_length,
+)
+from support.server import ServerProcess, running_server
 
 ONE_THREAD = {"runtime": {"intra_op_threads": 1}}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 ROW = [1.0, 2.0, 3.0, 4.0]
 VALID = {"model": "identity", "inputs": [ROW]}

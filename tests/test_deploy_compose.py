@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from containers import ROOT
-from server import ServerProcess, running_server
+from support.containers import ROOT
+from support.server import ServerProcess, running_server
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())

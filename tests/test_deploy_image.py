@@ -17,7 +17,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from containers import (
+from inscale import __version__
+from support.containers import (
     ROOT,
     Build,
     Container,
@@ -26,7 +27,6 @@ from containers import (
     podman_problem,
     running_container,
 )
-from inscale import __version__
 
 SAMPLE = json.loads((ROOT / "service/inscale/bundled_models/sample_input.json").read_text())
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "loadtests/Dockerfile"]

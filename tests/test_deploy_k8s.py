@@ -19,7 +19,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from containers import (
+from inscale.models.config import load_model_config
+from inscale.settings import BUNDLED_REPOSITORY, ServerSettings
+from support.containers import (
     ROOT,
     Container,
     build_image,
@@ -29,9 +31,7 @@ from containers import (
     podman_problem,
     unique_name,
 )
-from inscale.models.config import load_model_config
-from inscale.settings import BUNDLED_REPOSITORY, ServerSettings
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 K8S = ROOT / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))

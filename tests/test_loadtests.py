@@ -19,8 +19,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_models import add_model
-from server import ServerProcess, running_server
+from support.onnx_models import add_model
+from support.server import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"

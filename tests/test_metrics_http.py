@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

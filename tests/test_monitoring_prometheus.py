@@ -27,7 +27,7 @@ import httpx
 import pytest
 import yaml
 
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from inscale.settings import BUNDLED_REPOSITORY
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 SAMPLE = json.loads((BUNDLED_REPOSITORY / "sample_input.json").read_text())
 

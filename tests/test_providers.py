@@ -11,8 +11,8 @@ import pytest
 from inscale.models.config import RuntimeConfig
 from inscale.models.providers import CPU, choose_providers
 from inscale.models.session import open_session
-from onnx_models import add_model, identity
-from server import running_server
+from support.onnx_models import add_model, identity
+from support.server import running_server
 
 
 def test_unavailable_providers_are_skipped_and_cpu_is_always_last() -> None:

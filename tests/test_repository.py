@@ -10,7 +10,7 @@ from inscale.cli import main
 from inscale.errors import ConfigError, InvalidInput, ModelNotFound
 from inscale.models.config import ModelConfig, load_model_config
 from inscale.models.repository import ModelRepository, check_model_name
-from onnx_models import add_model, identity
+from support.onnx_models import add_model, identity
 
 
 def model_folder(

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server import ServerProcess, running_server
+from support.server import ServerProcess, running_server
 
 HOLD_WORK = 3000  # about a second of compute: far longer than the test's own steps
 

@@ -16,10 +16,10 @@ import httpx
 import numpy as np
 import pytest
 from onnx import TensorProto
-from v2_support import model_counters, wait_for
 
-from onnx_models import add_model, busy, identity, two_in_two_out
-from server import ServerProcess, running_server
+from support.onnx_models import add_model, busy, identity, two_in_two_out
+from support.server import ServerProcess, running_server
+from support.v2 import model_counters, wait_for
 
 BODY_LIMIT = 64 * 1024
 FLOATS_1x4 = np.arange(4, dtype=np.float32).tobytes()

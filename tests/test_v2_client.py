@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
-from v2_support import DATATYPES, add_datatype_models, bf16_model, sample
 
-from onnx_models import add_model, fixed_batch, identity, two_in_two_out
-from server import ServerProcess, running_server
+from support.onnx_models import add_model, fixed_batch, identity, two_in_two_out
+from support.server import ServerProcess, running_server
+from support.v2 import DATATYPES, add_datatype_models, bf16_model, sample
 
 EXTENSIONS = [
     "binary_tensor_data",

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from onnx import TensorProto
-from perf_analyzer_env import find_perf_analyzer
 
-from onnx_models import add_model, identity
-from server import running_server
+from support.onnx_models import add_model, identity
+from support.perf_analyzer_env import find_perf_analyzer
+from support.server import running_server
 
 
 @pytest.mark.slow

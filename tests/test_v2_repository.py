@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
-from v2_support import model_counters, offset_model, v2_infer_body, wait_for
 
-from onnx_models import add_model, busy, identity, two_in_two_out
-from server import ServerProcess, running_server
+from support.onnx_models import add_model, busy, identity, two_in_two_out
+from support.server import ServerProcess, running_server
+from support.v2 import model_counters, offset_model, v2_infer_body, wait_for
 
 ONE_THREAD = {"runtime": {"intra_op_threads": 1}}
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_models import add_model, identity
+from support.onnx_models import add_model, identity
 
 # Every datatype ONNX Runtime takes that the protocol names: (protocol name, ONNX, numpy).
 DATATYPES: list[tuple[str, int, type]] = [

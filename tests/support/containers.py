@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the project root
 CACHE = ROOT / ".cache" / "containers"
 BASE_TARBALL = CACHE / "debian-bookworm-python3.tar"
 BASE_IMAGE = "localhost/inscale-test-base:bookworm"
