@@ -58,6 +58,14 @@ def server(test_repo: Path) -> Iterator[ServerProcess]:
         yield proc
 
 
+@pytest.fixture(scope="session")
+def bundled_server() -> Iterator[ServerProcess]:
+    """The server as a user starts it: no arguments, so the bundled models. One for the whole
+    session: its users only read (predict, probes, /metrics), so they cannot disturb each other."""
+    with running_server(None) as proc:
+        yield proc
+
+
 @pytest.fixture
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:

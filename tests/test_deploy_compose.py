@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from support.containers import ROOT
-from support.server import ServerProcess, running_server
+from support.server import ServerProcess
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
@@ -153,12 +152,6 @@ def test_locust_runs_the_scenarios_against_the_server(tmp_path: Path) -> None:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-
-
-@pytest.fixture(scope="module")
-def bundled_server() -> Iterator[ServerProcess]:
-    with running_server(None) as server:
-        yield server
 
 
 def test_server_service_is_hardened_drains_and_checks_a_served_path(

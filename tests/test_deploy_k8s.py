@@ -9,7 +9,6 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from support.containers import (
     podman_problem,
     unique_name,
 )
-from support.server import ServerProcess, running_server
+from support.server import ServerProcess
 
 K8S = ROOT / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
@@ -268,12 +267,6 @@ def test_autoscaler_scales_on_cpu_and_in_flight_requests_up_fast_and_down_slowly
 
 
 # --- against a real server -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def bundled_server() -> Iterator[ServerProcess]:
-    with running_server(None) as server:
-        yield server
 
 
 def scraped_samples(server: ServerProcess) -> dict[str, str]:

@@ -93,12 +93,6 @@ def liar() -> onnx.GraphProto:
 
 
 @pytest.fixture(scope="module")
-def bundled() -> Iterator[ServerProcess]:
-    with running_server(None) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`overloaded`: digits-wide that queues at most 2 requests for at most 1 ms each, one
     row per run, so 18 users get both 503s (queue full) and 504s (deadline passed while
@@ -116,11 +110,11 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
 
 
 @pytest.fixture(scope="module")
-def ramp(bundled: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ramp(bundled_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 6-second ramp (2, 4, 6 users) of all three users on digits-wide."""
     run_dir = tmp_path_factory.mktemp("ramp")
     args = ["--shape", "ramp", "--peak-users", "6", "--seconds", "6", "--ramp-steps", "3"]
-    return load(run_dir, bundled.url, *args, "--metrics-interval", "0.5")
+    return load(run_dir, bundled_server.url, *args, "--metrics-interval", "0.5")
 
 
 def test_valid_traffic_gets_correct_answers_and_no_failures(ramp: Path) -> None:
@@ -167,10 +161,10 @@ def test_overloaded_server_sheds_and_times_out(troubled: ServerProcess, tmp_path
     assert "shed (503)" in report and "timeout (504)" in report
 
 
-def test_distributed_run_logs_every_request(bundled: ServerProcess, tmp_path: Path) -> None:
+def test_distributed_run_logs_every_request(bundled_server: ServerProcess, tmp_path: Path) -> None:
     """Locust master and two workers: the workers' rows reach the master's request log."""
     args = ["--shape", "steady", "--peak-users", "4", "--seconds", "3", "--processes", "2"]
-    run_dir = load(tmp_path, bundled.url, *args, "--user", "PredictUser")
+    run_dir = load(tmp_path, bundled_server.url, *args, "--user", "PredictUser")
     (requests, failed), *others = final_counts(run_dir).values()
     assert others == [] and failed == 0
     rows = request_log(run_dir)

@@ -1,7 +1,6 @@
 """`POST /predict` against a real server: answers equal direct ONNX Runtime, row for row."""
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from inscale.settings import BUNDLED_REPOSITORY
-from support.server import ServerProcess, running_server
+from support.server import ServerProcess
 
 SAMPLE = json.loads((BUNDLED_REPOSITORY / "sample_input.json").read_text())
 
@@ -22,23 +21,18 @@ def ort_run(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
     return dict(zip(names, session.run(names, feeds), strict=True))
 
 
-@pytest.fixture(scope="module")
-def bundled() -> Iterator[ServerProcess]:
-    """The server as a user starts it: no arguments, the bundled repository."""
-    with running_server(None) as proc:
-        yield proc
-
-
 @pytest.mark.parametrize("model", ["digits", "digits-wide"])
-def test_bundled_models_match_onnx_runtime_and_labels(bundled: ServerProcess, model: str) -> None:
+def test_bundled_models_match_onnx_runtime_and_labels(
+    bundled_server: ServerProcess, model: str
+) -> None:
     rows = np.asarray(SAMPLE["inputs"], dtype=np.float32)
     expected = ort_run(BUNDLED_REPOSITORY / model / "1" / "model.onnx", {"input": rows})
     single = [
-        httpx.post(f"{bundled.url}/predict", json={"model": model, "inputs": [row]}).json()
+        httpx.post(f"{bundled_server.url}/predict", json={"model": model, "inputs": [row]}).json()
         for row in rows.tolist()
     ]
     multi = httpx.post(
-        f"{bundled.url}/predict", json={"model": model, "inputs": rows.tolist()}
+        f"{bundled_server.url}/predict", json={"model": model, "inputs": rows.tolist()}
     ).json()
     assert multi["model"] == model and multi["version"] == 1
     assert multi["outputs"]["label"] == SAMPLE["labels"]
@@ -55,8 +49,8 @@ def test_bundled_models_match_onnx_runtime_and_labels(bundled: ServerProcess, mo
         )
 
 
-def test_model_may_be_left_out_when_a_default_is_configured(bundled: ServerProcess) -> None:
-    response = httpx.post(f"{bundled.url}/predict", json={"inputs": SAMPLE["inputs"][:1]})
+def test_model_may_be_left_out_when_a_default_is_configured(bundled_server: ServerProcess) -> None:
+    response = httpx.post(f"{bundled_server.url}/predict", json={"inputs": SAMPLE["inputs"][:1]})
     assert response.status_code == 200
     assert response.json()["model"] == "digits"
 
