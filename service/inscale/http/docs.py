@@ -11,6 +11,9 @@ FastAPI's own HTML helpers pointed at the mount. The app must be created with
 from importlib import resources
 from pathlib import Path
 
+# Imported, not looked up by name when the app is built, so an environment without it (an
+# image whose lock file lacks it) fails at import, where the image build's smoke test looks.
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
@@ -20,7 +23,6 @@ DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 ASSETS_URL = "/docs/assets"
 
-_ASSETS_PACKAGE = "fastapi_offline"
 _SWAGGER_JS = "swagger-ui-bundle.js"
 _SWAGGER_CSS = "swagger-ui.css"
 _REDOC_JS = "redoc.standalone.js"
@@ -74,7 +76,7 @@ def _assets_dir() -> Path:
     Checked when the app is built, so a release that moves or renames a file fails at start
     with a message instead of serving a blank page.
     """
-    folder = Path(str(resources.files(_ASSETS_PACKAGE).joinpath("static")))
+    folder = Path(str(resources.files(fastapi_offline).joinpath("static")))
     missing = [
         name
         for name in (_SWAGGER_JS, _SWAGGER_CSS, _REDOC_JS, _FAVICON)
