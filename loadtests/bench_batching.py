@@ -4,15 +4,18 @@ One server pinned to one core, wrk pinned to another, one real row per request, 
 Runtime on the server's core as the compute floor. Prints tables and the issue's three targets,
 and writes every figure to JSON. A benchmark, not a test: numbers depend on the machine.
 
-    .venv/bin/python loadtests/bench_batching.py --duration 10 --concurrency 1,8,32,64
+Every cell (model x concurrency) is watched for other work on the machine (see
+`loadtests/harness/disturbance.py`): a disturbed cell is repeated, and if it stays disturbed
+the table says so. `--baseline-src DIR` runs a second server from another checkout's source
+root in the same run, interleaved cell by cell, and prints the ratios current / baseline.
+
+    .venv/bin/python -m loadtests.bench_batching --duration 10 --concurrency 1,8,32,64
+    .venv/bin/python -m loadtests.bench_batching --concurrency 1,32 --baseline-src ../old/service
 """
 
 import argparse
 import json
 import os
-import platform
-import re
-import resource
 import shlex
 import shutil
 import signal
@@ -21,187 +24,128 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_models import WIDE_ONNX, build_repository
-from bench_report import print_tables, targets_met
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from loadtests import bench_report
+from loadtests.bench_models import WIDE_ONNX, build_repository
+from loadtests.harness import machine, wrk
+from loadtests.harness.disturbance import Detector, Disturbance, Limits, score
+from loadtests.harness.processes import ROOT, Started, pinned
+from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
+
 SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
-WRK_SCRIPT = HERE / "wrk_report.lua"
 MODELS = ("wide", "wide-nobatch", "identity")
 RAW_BATCH_SIZES = (1, 8, 32, 64)
 Row = dict[str, Any]
-TICK = os.sysconf("SC_CLK_TCK")  # /proc counts CPU time in these
 
 
 @dataclass(frozen=True)
-class Server:
-    url: str
-    pid: int  # taskset execs the server, so this is the server itself
+class Side:
+    """One server under test: `current` (this tree) or `baseline`."""
+
+    name: str
+    source: Source
+    server: Started
 
 
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)]
-
-
-def busy_seconds(cpus: list[int]) -> float:
-    """CPU time the given cores have spent busy since boot, whoever used it."""
-    busy = 0
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.split(" ", 1)[0] in {f"cpu{c}" for c in cpus}:
-            ticks = [int(t) for t in line.split()[1:9]]
-            busy += sum(ticks) - ticks[3] - ticks[4]  # minus idle and iowait
-    return busy / TICK
-
-
-def cpu_snapshot(server: Server, cpus: list[int]) -> list[float]:
-    """Wall clock, busy time of the pinned cores, and CPU time of the server and of wrk."""
-    fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once run_wrk has waited for it
-    server_s = (int(fields[11]) + int(fields[12])) / TICK  # utime + stime, all threads
-    return [time.monotonic(), busy_seconds(cpus), server_s, usage.ru_utime + usage.ru_stime]
-
-
-def cpu_use(before: list[float], after: list[float], cores: int) -> dict[str, float | None]:
-    """Cores the server and wrk kept busy, and the share of their cores other work took.
-
-    A server using more than its one pinned core has threads that set their own affinity,
-    and then shares wrk's core; other work on a shared box skews every figure.
-    """
-    wall, busy, server, wrk = (a - b for a, b in zip(after, before, strict=True))
-    others = max(0.0, (busy - server - wrk) / (wall * cores)) if cores else None
-    return {"server_cores": server / wall, "wrk_cores": wrk / wall, "others_share": others}
-
-
-def wait_for_port(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60) -> int:
-    """The server picks a free port (--port 0) and only says which in its startup log line."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log.read_text())
-        if found:
-            return int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not start; its log ({log}) ends:\n{log.read_text()[-2000:]}")
-
-
-def wait_until_ready(base_url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"models not ready after {timeout_s:.0f}s")
-
-
-@contextmanager
-def running_server(repo: Path, cpu: int | None, log: Path) -> Iterator[Server]:
-    prefix = [] if cpu is None else pin(cpu)
-    cmd = [*prefix, sys.executable, "-m", "inscale", "serve", "--model-repository", str(repo)]
-    cmd += ["--host", "127.0.0.1", "--port", "0", "--log-level", "info", "--log-format", "json"]
-    with log.open("wb") as sink:
-        # Own session: a Ctrl-C on the terminal reaches only us, and we stop the server in order.
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sink, stderr=sink, start_new_session=True)
+def model_counters(base_url: str, model: str) -> Row | None:
+    """The server's own run and row counters; None if its /models answer has another shape."""
     try:
-        base_url = f"http://127.0.0.1:{wait_for_port(proc, log)}"
-        wait_until_ready(base_url)
-        yield Server(base_url, proc.pid)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        versions = httpx.get(f"{base_url}/models/{model}", timeout=10).json()["versions"]
+        stats: Row = next(v["stats"] for v in versions if "stats" in v)
+        return stats
+    except (httpx.HTTPError, KeyError, StopIteration, TypeError, ValueError):
+        return None
 
 
-def run_wrk(prefix: list[str], url: str, body: Path, connections: int, seconds: int) -> Row:
-    cmd = [*prefix, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    cmd += ["-s", str(WRK_SCRIPT), url]
-    env = {**os.environ, "WRK_BODY_FILE": str(body)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({shlex.join(cmd)}):\n{done.stdout}\n{done.stderr}")
-    report: Row = json.loads(lines[-1])
-    return report
-
-
-def model_counters(base_url: str, model: str) -> Row:
-    versions = httpx.get(f"{base_url}/models/{model}", timeout=10).json()["versions"]
-    stats: Row = next(v["stats"] for v in versions if "stats" in v)
-    return stats
-
-
-def measure(
-    server: Server, prefix: list[str], model: str, body: Path, conc: int, args: argparse.Namespace
-) -> Row:
-    """One warm-up run (fills queues, wakes threads), then the measured run between counters."""
-    url = f"{server.url}/predict"
-    if args.warmup:
-        run_wrk(prefix, url, body, conc, args.warmup)
-    cpus = [] if args.no_pin else [args.server_cpu, args.client_cpu]
-    before, cpu_before = model_counters(server.url, model), cpu_snapshot(server, cpus)
-    report = run_wrk(prefix, url, body, conc, args.duration)
-    after, cpu_after = model_counters(server.url, model), cpu_snapshot(server, cpus)
+def run_figures(before: Row | None, after: Row | None) -> Row:
+    if before is None or after is None:
+        return {"runs": None, "rows": None, "mean_rows_per_run": None, "server_ms_per_run": None}
     runs, rows = after["runs"] - before["runs"], after["rows"] - before["rows"]
     # Wall time from handing a batch to the worker thread until the event loop takes the result
     # back: raw ORT time plus thread hand-off, comparable with the raw ORT table.
     run_s = after["compute_seconds"] - before["compute_seconds"]
     return {
-        "model": model,
-        "concurrency": conc,
-        "requests_per_s": report["requests"] / (report["duration_us"] / 1e6),
-        "p50_ms": report["p50_us"] / 1e3,
-        "p90_ms": report["p90_us"] / 1e3,
-        "p99_ms": report["p99_us"] / 1e3,
-        "errors": report["errors"],
         "runs": runs,
         "rows": rows,
         "mean_rows_per_run": rows / runs if runs else None,
         "server_ms_per_run": run_s * 1e3 / runs if runs else None,
-        **cpu_use(cpu_before, cpu_after, len(cpus)),
-        "wrk": report,
     }
+
+
+def measure(
+    side: Side, idle: list[int], detector: Detector, model: str, body: Path, conc: int, args: Any
+) -> Row:
+    """One warm-up run (fills queues, wakes threads), then the measured run, watched."""
+    url = f"{side.server.url}/predict"
+    client = None if args.no_pin else [args.client_cpu]
+    if args.warmup:
+        wrk.run(url, body, connections=conc, seconds=args.warmup, cpus=client)
+    before = model_counters(side.server.url, model)
+    with detector.window([side.server.pid], args.duration, idle_pids=idle) as seen:
+        report = wrk.run(url, body, connections=conc, seconds=args.duration, cpus=client)
+    found: Disturbance = seen[0]
+    return {
+        "side": side.name,
+        "model": model,
+        "concurrency": conc,
+        "requests_per_s": report.requests_per_s,
+        "p50_ms": report.p50_us / 1e3,
+        "p90_ms": report.p90_us / 1e3,
+        "p99_ms": report.p99_us / 1e3,
+        "errors": report.errors,
+        **run_figures(before, model_counters(side.server.url, model)),
+        "server_cores": found.server_cores,
+        "other_cores": found.other_cores,
+        "invalid": bench_report.invalid_reason(report),
+        "disturbance": found,  # replaced by its dict once the run's references are final
+        "wrk": report.as_dict(),
+    }
+
+
+def measure_cell(
+    sides: list[Side], detector: Detector, model: str, body: Path, conc: int, args: Any
+) -> list[Row]:
+    """Every side once, back to back (A, B); the pair is repeated while any side was
+    disturbed, up to --retries times, and the least disturbed pair is kept."""
+    best: list[Row] | None = None
+    attempt = 0
+    while attempt <= args.retries:
+        attempt += 1
+        pids = [s.server.pid for s in sides]
+        rows = [
+            measure(s, [p for p in pids if p != s.server.pid], detector, model, body, conc, args)
+            for s in sides
+        ]
+        worst = max(score(r["disturbance"], detector.limits) for r in rows)
+        if best is None or worst < max(score(r["disturbance"], detector.limits) for r in best):
+            best = rows
+        if worst <= 1:
+            break
+        print(f"    disturbed ({'; '.join(rows[0]['disturbance'].reasons)}), repeating")
+    assert best is not None
+    for r in best:
+        r["attempts"] = attempt
+    return best
 
 
 def raw_ort(prefix: list[str], threads: int) -> Row:
     sizes = ",".join(map(str, RAW_BATCH_SIZES))
-    cmd = [*prefix, sys.executable, str(HERE / "bench_models.py"), str(WIDE_ONNX)]
+    cmd = [*prefix, sys.executable, "-m", "loadtests.bench_models", str(WIDE_ONNX)]
     cmd += ["--sample", str(SAMPLE), "--batch-sizes", sizes, "--intra-op-threads", str(threads)]
     # Its stderr goes straight to ours, so a failure shows ONNX Runtime's own message.
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result: Row = json.loads(done.stdout)
     return result
 
 
-def machine_info() -> Row:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    cpu = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu.group(1) if cpu else platform.processor(),
-        # Other work on the box skews everything; the load average at start shows if there was.
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "wrk": wrk_version.splitlines()[0] if wrk_version else None,
-    }
-
-
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="subset of " + ",".join(MODELS))
     parser.add_argument("--concurrency", default="1,8,32,64", help="wrk connections, per model")
     # wrk takes whole seconds only.
@@ -217,12 +161,21 @@ def parse_args() -> argparse.Namespace:
         help="ONNX Runtime threads per model, server and raw alike; 0 (default) is the server's "
         "default, whose threads pin themselves one per physical core, escaping taskset",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another checkout's source root (holding inscale/ or the old service/ package): "
+        "its server runs in this run too, interleaved cell by cell",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed cell")
+    parser.add_argument("--max-other-cores", type=float, default=Limits.other_cores)
+    parser.add_argument("--max-slowdown", type=float, default=Limits.slowdown)
     parser.add_argument("--out", type=Path, default=Path("results/bench_batching.json"))
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    if args.duration < 1 or args.warmup < 0:
-        parser.error("--duration must be at least 1 and --warmup at least 0 (seconds)")
+    if args.duration < 1 or args.warmup < 0 or args.retries < 0:
+        parser.error("--duration must be at least 1, --warmup and --retries at least 0")
     if unknown := set(args.models) - set(MODELS):
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     return args
@@ -243,48 +196,85 @@ def check_tools(args: argparse.Namespace) -> None:
         )
 
 
-def run_http(args: argparse.Namespace, client_pin: list[str]) -> list[Row]:
+@contextmanager
+def servers(args: argparse.Namespace, repo: Path, workdir: Path) -> Iterator[list[Side]]:
+    sources = [("current", CURRENT)]
+    if args.baseline_src:
+        sources.append(("baseline", Source.of(args.baseline_src)))
+    cpus = None if args.no_pin else [args.server_cpu]
+    with ExitStack() as stack:
+        sides = []
+        for name, source in sources:
+            check_source(source)
+            log = workdir / f"{name}.log"
+            started = inscale_server(log, model_repository=repo, cpus=cpus, source=source)
+            sides.append(Side(name, source, stack.enter_context(started)))
+        yield sides
+
+
+def run_http(args: argparse.Namespace, detector: Detector) -> tuple[list[Row], list[Side]]:
     first_row = json.loads(SAMPLE.read_text())["inputs"][0]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="inscale-bench-") as tmp:
-        repo, log = Path(tmp) / "models", Path(tmp) / "server.log"
+        repo = Path(tmp) / "models"
         build_repository(repo, args.models, args.intra_op_threads)
         bodies = {m: Path(tmp) / f"{m}.json" for m in args.models}
         for model, body in bodies.items():
             body.write_text(json.dumps({"model": model, "inputs": [first_row]}))
-        server_cpu = None if args.no_pin else args.server_cpu
-        with running_server(repo, server_cpu, log) as server:
-            # Models compared at one concurrency run back to back, so drifting background load
-            # on a shared machine hits both sides of a comparison alike.
+        with servers(args, repo, Path(tmp)) as sides:
+            # Models (and sides) compared at one concurrency run back to back, so drifting
+            # background load on a shared machine hits both sides of a comparison alike.
             for conc in args.concurrency:
                 for model, body in bodies.items():
                     print(f"  {model} c={conc} ...", flush=True)
-                    rows.append(measure(server, client_pin, model, body, conc, args))
-    return sorted(rows, key=lambda r: (args.models.index(r["model"]), r["concurrency"]))
+                    rows += measure_cell(sides, detector, model, body, conc, args)
+    for r in rows:  # judged again with the fastest probe references of the whole run
+        r["disturbance"] = detector.rejudge(r["disturbance"]).as_dict()
+        r["disturbed"] = r["disturbance"]["disturbed"]
+    order = {m: i for i, m in enumerate(args.models)}
+    return sorted(rows, key=lambda r: (order[r["model"]], r["concurrency"])), sides
 
 
 def main() -> int:
     args = parse_args()
     check_tools(args)
-    # A plain `kill` of the benchmark must still stop the server: turn it into an exception.
+    # A plain `kill` of the benchmark must still stop the servers: turn it into an exception.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    server_pin = [] if args.no_pin else pin(args.server_cpu)
-    client_pin = [] if args.no_pin else pin(args.client_cpu)
-    machine = machine_info()  # before we add load of our own
+    facts = machine.facts()  # before we add load of our own
+    limits = Limits(other_cores=args.max_other_cores, slowdown=args.max_slowdown)
+    detector = Detector([] if args.no_pin else [args.server_cpu, args.client_cpu], limits)
+    print("calibrating the work-rate probe on each core...", flush=True)
+    references = detector.calibrate()
     print("raw ONNX Runtime on the server core...", flush=True)
-    raw = raw_ort(server_pin, args.intra_op_threads)  # before the server: a core of its own
-    rows = run_http(args, client_pin)
-    targets = targets_met(rows, raw)
-    print_tables(rows, raw, targets)
+    raw = raw_ort(pinned(None if args.no_pin else [args.server_cpu]), args.intra_op_threads)
+    rows, sides = run_http(args, detector)
+    by_side = {s.name: [r for r in rows if r["side"] == s.name] for s in sides}
+    targets = {
+        name: bench_report.targets_met(side_rows, raw) for name, side_rows in by_side.items()
+    }
+    for name, side_rows in by_side.items():
+        if len(by_side) > 1:
+            print(f"\n=== {name}: {next(s.source for s in sides if s.name == name).root}")
+        bench_report.print_tables(side_rows, raw, targets[name])
+    ratios = bench_report.ratios(by_side["current"], by_side.get("baseline", []))
+    if ratios:
+        bench_report.print_ratios(ratios)
+    bench_report.warn_disturbed(rows)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    document = {
+    sources = {s.name: {"root": str(s.source.root), "package": s.source.package} for s in sides}
+    baseline = {"http": by_side["baseline"], "targets": targets["baseline"]} if ratios else None
+    document: Row = {
         "command": shlex.join([sys.executable, *sys.argv]),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**machine, "onnxruntime": raw["onnxruntime"]},
+        "machine": {**facts, "onnxruntime": raw["onnxruntime"]},
         "settings": settings,
+        "sources": sources,
+        "disturbance_limits": asdict(limits) | {"probe_reference_ns": references},
         "raw_ort": raw,
-        "http": rows,
-        "targets": targets,
+        "http": by_side["current"],
+        "targets": targets["current"],
+        "baseline": baseline,
+        "ratios": ratios,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")

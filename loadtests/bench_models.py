@@ -1,11 +1,11 @@
 """The models bench_batching.py serves, and their raw ONNX Runtime timing (the compute floor).
 
-bench_batching.py imports `build_repository` and runs this file as its own process under
+bench_batching imports `build_repository` and runs this module as its own process under
 `taskset`, so ONNX Runtime sizes its thread pool for the same single core the server gets.
 As a script it prints one JSON line:
   {"onnxruntime": "1.x", "batches": [{"batch_size": 32, "median_ms": .., "us_per_row": ..}, ..]}
 
-    python loadtests/bench_models.py MODEL.onnx --sample sample_input.json --batch-sizes 1,8,32
+    .venv/bin/python -m loadtests.bench_models MODEL.onnx --sample SAMPLE.json --batch-sizes 1,8
 """
 
 import argparse
