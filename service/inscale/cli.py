@@ -1,7 +1,10 @@
-"""`inscale serve` and `inscale models`.
+"""`inscale serve`, `inscale models [DIR]` and `inscale --version`.
 
-Flags are written into INSCALE_* environment variables and the settings are read from the
-environment, so worker processes (`--workers N`) see exactly what the parent saw.
+argparse gives the command line its shape (`--version` and the two subcommands); pydantic-settings
+adds one `serve` flag per ServerSettings field to the `serve` subparser, so a new setting is a
+flag with no change here. Precedence is pydantic-settings': flag, then environment, then default.
+Worker processes (`--workers N`) read only the environment, so the parent writes every resolved
+setting back into it (`settings.environment`) before uvicorn starts them.
 """
 
 import argparse
@@ -12,74 +15,101 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
+from pydantic_settings import CliApp, CliSettingsSource
 
 from inscale import __version__
 from inscale.errors import InscaleError
 from inscale.logs import configure_logging
 from inscale.models.repository import ModelRepository, ModelSource
 from inscale.models.session import open_session
-from inscale.settings import ServerSettings
+from inscale.settings import ServerSettings, SettingDoc, environment, setting_docs
 
-_SERVE_FLAGS = {
-    "model_repository": "INSCALE_MODEL_REPOSITORY",
-    "host": "INSCALE_HOST",
-    "port": "INSCALE_PORT",
-    "workers": "INSCALE_WORKERS",
-    "log_level": "INSCALE_LOG_LEVEL",
-    "log_format": "INSCALE_LOG_FORMAT",
-    "model_control": "INSCALE_MODEL_CONTROL",
-    "default_model": "INSCALE_DEFAULT_MODEL",
-    "providers": "INSCALE_PROVIDERS",
-    "access_log": "INSCALE_ACCESS_LOG",
-}
+_DOCS = {doc.name: doc for doc in setting_docs()}
+# A validation error names a field by its name, or by its alias for PROMETHEUS_MULTIPROC_DIR.
+_DOCS_BY_KEY = {**_DOCS, **{doc.env: doc for doc in _DOCS.values()}}
+_METAVARS = {"path": "PATH", "text": "TEXT", "integer": "INT", "number": "NUMBER", "list": "A,B"}
+
+SettingsFlags = CliSettingsSource[argparse.ArgumentParser]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, SettingsFlags]:
     parser = argparse.ArgumentParser(prog="inscale", description="ONNX model serving.")
     parser.add_argument("--version", action="version", version=f"inscale {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a model repository over HTTP")
-    serve.add_argument("--model-repository", type=Path, help="default: the bundled models")
-    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
-    serve.add_argument("--workers", type=int, help="server processes (default 1)")
-    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
-    serve.add_argument("--log-format", choices=["json", "text"])
-    serve.add_argument(
-        "--model-control",
-        choices=["all", "explicit"],
-        help="all: load every model at start; explicit: only what the API loads",
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model repository over HTTP",
+        description="Serve a model repository over HTTP. Every flag is also an environment "
+        "variable (shown in brackets); a flag beats its variable, which beats the default.",
     )
-    serve.add_argument("--default-model", help="model for /predict requests that name none")
-    serve.add_argument("--providers", help="comma-separated, e.g. cuda,cpu (default cpu)")
-    serve.add_argument("--access-log", action="store_true", default=None, help="log every request")
+    flags: SettingsFlags = CliSettingsSource(
+        ServerSettings, root_parser=serve, add_argument_method=_add_setting_flag
+    )
 
     models = commands.add_parser("models", help="list what a repository would load, and why not")
     models.add_argument("repository", nargs="?", type=Path, help="default: the bundled models")
-    return parser
+    return parser, flags
+
+
+def _add_setting_flag(
+    parser: argparse.ArgumentParser, *names: str, **kwargs: Any
+) -> argparse.Action | None:
+    """pydantic-settings' hook for adding a flag: help and metavar from `setting_docs()`.
+
+    The README table is built from the same descriptions, so the two cannot disagree.
+    """
+    if kwargs.get("help") == argparse.SUPPRESS:
+        return None  # a field the server sets itself is no flag at all, not a hidden one
+    doc = _DOCS[kwargs["dest"]]
+    kwargs["help"] = _help(doc)
+    if "metavar" in kwargs:  # booleans have none: they are --flag / --no-flag
+        kwargs["metavar"] = (
+            "{" + ",".join(doc.choices) + "}" if doc.choices else _METAVARS[doc.kind]
+        )
+    return parser.add_argument(*names, **kwargs)
+
+
+def _help(doc: SettingDoc) -> str:
+    limits = f"{doc.bounds}; " if doc.bounds else ""
+    default = doc.default or "unset"
+    text = f"{doc.description} ({limits}default: {default}) [env: {doc.env}]"
+    return text.replace("`", "").replace("%", "%%")  # argparse formats help with %
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "models":
-        return _list_models(args.repository)
-    return _serve(args)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    for attr, env in _SERVE_FLAGS.items():
-        value = getattr(args, attr)
-        if value is not None:
-            os.environ[env] = str(value.resolve() if isinstance(value, Path) else value)
+    parser, flags = _parser()
+    args = parser.parse_args(argv)
     try:
-        settings = ServerSettings()
+        if args.command == "models":
+            return _list_models(args.repository)
+        return _serve(CliApp.run(ServerSettings, cli_args=args, cli_settings_source=flags))
     except ValidationError as exc:
-        print(f"inscale: invalid settings:\n{exc}", file=sys.stderr)
+        print(_invalid(exc), file=sys.stderr)
         return 2
+
+
+def _invalid(exc: ValidationError) -> str:
+    """One line per bad value, naming the flag and the variable it may have come from."""
+    lines = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else ""
+        doc = _DOCS_BY_KEY.get(key)
+        where = key if doc is None else " / ".join(filter(None, [doc.flag, doc.env]))
+        lines.append(f"inscale: invalid {where}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _serve(settings: ServerSettings) -> int:
+    for name, value in environment(settings).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     with _metrics_folder(settings):
         _run_uvicorn(settings, settings.access_log)
