@@ -3,6 +3,7 @@
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -90,7 +91,7 @@ def test_variable_length_inputs_are_padded_and_outputs_trimmed(
 ) -> None:
     lengths = [1, 4, 2, 7, 3, 7, 5]
 
-    def call(n: int) -> tuple[int, dict[str, list[object]]]:
+    def call(n: int) -> tuple[int, dict[str, list[Any]]]:
         tokens = [[float(n * 10 + j) for j in range(n)], [float(-j) for j in range(n)]]
         response = httpx.post(
             f"{server.url}/predict", json={"model": "varlen", "inputs": {"tokens": tokens}}

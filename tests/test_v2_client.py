@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -276,7 +277,7 @@ def test_errors_carry_the_server_message(client: triton.InferenceServerClient) -
 
 
 def test_statistics_count_requests_rows_and_runs(client: triton.InferenceServerClient) -> None:
-    def stats() -> dict[str, object]:
+    def stats() -> dict[str, Any]:  # a JSON document
         document = client.get_inference_statistics("id_int32", "1")
         (model,) = document["model_stats"]
         return model  # type: ignore[no-any-return]

@@ -164,7 +164,7 @@ def test_uint64_json_values_past_2_to_the_63() -> None:
     x = codec.decode_request(json.dumps(document).encode(), None, model).arrays["x"]
     assert x.dtype == np.uint64
     assert x.tolist() == [[2**64 - 1, 1]]
-    document["inputs"][0]["data"] = [2**64 - 1, 1.5]  # type: ignore[index]
+    document["inputs"][0]["data"] = [2**64 - 1, 1.5]
     with pytest.raises(InvalidInput, match="expected integers from 0 to 2\\*\\*64 - 1"):
         codec.decode_request(json.dumps(document).encode(), None, model)
 

@@ -1,6 +1,6 @@
 """Tiny ONNX models built with onnx.helper, so tests need no files and no downloads."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,12 @@ def add_model(
     graph: onnx.GraphProto,
     *,
     version: int = 1,
-    config: dict[str, object] | None = None,
+    config: Mapping[str, object] | None = None,
 ) -> Path:
     """Write `repo/name/version/model.onnx` and, when given, `repo/name/config.yaml`."""
     path = _save(graph, repo / name / str(version) / "model.onnx")
     if config is not None:
-        (repo / name / "config.yaml").write_text(yaml.safe_dump(config))
+        (repo / name / "config.yaml").write_text(yaml.safe_dump(dict(config)))
     return path
 
 

@@ -46,7 +46,7 @@ def sample(datatype: str, rows: int, rng: np.random.Generator) -> np.ndarray:
         return np.array(
             [[words[(r + c) % len(words)] for c in range(3)] for r in range(rows)], dtype=object
         )
-    dtype = np.dtype(dict((n, t) for n, _, t in DATATYPES)[datatype])
+    dtype: np.dtype[Any] = np.dtype(dict((n, t) for n, _, t in DATATYPES)[datatype])
     if dtype.kind == "f":
         return (rng.standard_normal(shape) * 100).astype(dtype)
     info = np.iinfo(dtype)
