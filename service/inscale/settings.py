@@ -87,8 +87,8 @@ class ServerSettings(BaseSettings):
     providers: Annotated[list[str], NoDecode, BeforeValidator(_split_commas)] = Field(
         default=["cpu"],
         description="Execution providers, in order of preference, for models whose config "
-        "names none (cpu, cuda, tensorrt or full ORT names), e.g. `cuda,cpu`. CPU is always "
-        "the last fallback.",
+        "names none: cpu, cuda (or gpu), tensorrt (or trt), or full ORT names; e.g. `cuda,cpu`. "
+        "CPU is always the last fallback.",
     )
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024,
