@@ -125,9 +125,10 @@ def measure_cell(
         worst = max(score(r["disturbance"], detector.limits) for r in rows)
         if best is None or worst < max(score(r["disturbance"], detector.limits) for r in best):
             best = rows
-        if worst <= 1:
+        if worst <= 1 or attempt > args.retries:
             break
-        print(f"    disturbed ({'; '.join(rows[0]['disturbance'].reasons)}), repeating")
+        why = [f"{r['side']}: {'; '.join(r['disturbance'].reasons)}" for r in rows]
+        print(f"    disturbed ({', '.join(w for w in why if not w.endswith(': '))}), repeating")
     assert best is not None
     for r in best:
         r["attempts"] = attempt

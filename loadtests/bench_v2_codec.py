@@ -15,38 +15,35 @@ while its 1 MiB tensor holds many.
 
 Prints a table and writes every figure to JSON. A benchmark, not a test.
 
-    .venv/bin/python loadtests/bench_v2_codec.py                 # both parts
-    .venv/bin/python loadtests/bench_v2_codec.py --skip-e2e      # codec only, a few seconds
+    .venv/bin/python -m loadtests.bench_v2_codec                 # both parts
+    .venv/bin/python -m loadtests.bench_v2_codec --skip-e2e      # codec only, a few seconds
 """
 
 import argparse
 import csv
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_batching import cpu_snapshot, cpu_use, pin, running_server
 from onnx import TensorProto, helper, save
 from onnx.helper import make_model, make_opsetid
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from perf_analyzer_env import find_perf_analyzer  # noqa: E402
-
-from inscale.datatypes import BY_NAME  # noqa: E402
-from inscale.models.signature import Signature, TensorSpec  # noqa: E402
-from inscale.protocols.v2 import codec  # noqa: E402
+from inscale.datatypes import BY_NAME
+from inscale.protocols.v2 import codec
+from inscale.signature import Signature, TensorSpec
+from inscale.validation import InputRules
+from loadtests.harness import machine
+from loadtests.harness.disturbance import Detector
+from loadtests.harness.processes import ROOT, pinned
+from loadtests.harness.server import inscale_server
+from tests.support.perf_analyzer_env import find_perf_analyzer
 
 Row = dict[str, Any]
 # name: (model, rows per request, features per row, perf_analyzer requests per window)
@@ -120,24 +117,24 @@ def per_call_us(call: Callable[[], object], min_seconds: float) -> float:
 
 
 def codec_rows(min_seconds: float) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     rng = np.random.default_rng(0)
     for case, (_, batch, features, _) in CASES.items():
         values = rng.standard_normal((batch, features)).astype(np.float32)
         bits = rng.integers(0, 2**32, (batch, features), dtype=np.uint32).view(np.float32)
         model = signature(features)
+        rules = InputRules(model, batchable=True, max_rows=batch, variable_axes={})
         for encoding, (body, header_length) in request_bodies(values, bits).items():
-            request = codec.decode_request(body, header_length, model)
+            request = codec.decode_request(body, header_length, rules)
             expected = bits if encoding == JSON_BITS else values
             np.testing.assert_array_equal(request.arrays["x"], expected)
             results = {"y": request.arrays["x"]}
             answer, _ = codec.encode_response("m", 1, request, results, model)
             decode_us = per_call_us(
-                lambda b=body, h=header_length, m=model: codec.decode_request(b, h, m), min_seconds
+                partial(codec.decode_request, body, header_length, rules), min_seconds
             )
             encode_us = per_call_us(
-                lambda r=request, res=results, m=model: codec.encode_response("m", 1, r, res, m),
-                min_seconds,
+                partial(codec.encode_response, "m", 1, request, results, model), min_seconds
             )
             rows.append(
                 {
@@ -180,11 +177,13 @@ def e2e_rows(args: argparse.Namespace, workdir: Path) -> list[Row]:
     repo = workdir / "repo"
     for model, _, features, _ in CASES.values():
         identity_model(repo / model / "1" / "model.onnx", features)
-    rows = []
-    client = [] if args.no_pin else pin(args.client_cpu)
-    server_cpu = None if args.no_pin else args.server_cpu
-    cpus = [] if args.no_pin else [args.server_cpu, args.client_cpu]
-    with running_server(repo, server_cpu, workdir / "server.log") as server:
+    rows: list[Row] = []
+    client = [] if args.no_pin else pinned([args.client_cpu])
+    server_cpus = None if args.no_pin else [args.server_cpu]
+    # Accounting only: perf_analyzer runs for as long as it needs, so no probe.
+    detector = Detector([] if args.no_pin else [args.server_cpu, args.client_cpu], probe=False)
+    log = workdir / "server.log"
+    with inscale_server(log, model_repository=repo, cpus=server_cpus) as server:
         for case, (model, batch, features, per_window) in CASES.items():
             data = input_data(workdir / f"{model}.json", batch, features)
             for encoding in (JSON, JSON_BITS, BINARY):
@@ -204,11 +203,11 @@ def e2e_rows(args: argparse.Namespace, workdir: Path) -> list[Row]:
                 if encoding != JSON_BITS:  # perf_analyzer's own data is random bit patterns
                     measure += ["--input-data", str(data)]
                 command = [*client, *tool.command(server.url, model, *measure)]
-                before = cpu_snapshot(server, cpus)
-                done = subprocess.run(
-                    command, env=tool.env, capture_output=True, text=True, timeout=900
-                )
-                use = cpu_use(before, cpu_snapshot(server, cpus), len(cpus))
+                with detector.window([server.pid], 0) as seen:
+                    done = subprocess.run(
+                        command, env=tool.env, capture_output=True, text=True, timeout=900
+                    )
+                use = seen[0]
                 row: Row = {"case": case, "encoding": encoding, "concurrency": args.concurrency}
                 if done.returncode != 0:  # recorded, not fatal: the other cases still run
                     problem = [ln for ln in done.stdout.splitlines() if "error" in ln.lower()]
@@ -225,9 +224,10 @@ def e2e_rows(args: argparse.Namespace, workdir: Path) -> list[Row]:
                     "p50_ms": float(measured["p50 latency"]) / 1e3,
                     "p99_ms": float(measured["p99 latency"]) / 1e3,
                     # Cores busy over the whole run (set-up included): which side is the limit.
-                    "server_cores": use["server_cores"],
-                    "client_cores": use["wrk_cores"],
-                    "others_share": use["others_share"],
+                    "server_cores": use.server_cores,
+                    "client_cores": use.ours_cores,
+                    "other_cores": use.other_cores,
+                    "disturbance": use.as_dict(),
                 }
                 rows.append(row)
     return rows
@@ -276,12 +276,7 @@ def main() -> None:
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_v2_codec.json")
     args = parser.parse_args()
-    machine = {  # before the run: other work on the box skews every figure
-        "nproc": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    facts = machine.facts()  # before the run: other work on the box skews every figure
     codec_figures = codec_rows(args.min_seconds)
     e2e: list[Row] = []
     if not args.skip_e2e:
@@ -293,7 +288,7 @@ def main() -> None:
         json.dumps(
             {
                 "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "machine": machine,
+                "machine": facts,
                 "codec": codec_figures,
                 "end_to_end": e2e,
             },

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from server_metrics import Instant
+
+from loadtests.server_metrics import Instant
 
 
 @dataclass(frozen=True)

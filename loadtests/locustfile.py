@@ -167,7 +167,7 @@ class V2BinaryUser(_InscaleUser):
         ).encode()
         with self.client.post(
             f"/v2/models/{self.model}/infer",
-            data=header + raw,
+            data=header + raw,  # type: ignore[arg-type]  # Locust types it str, sends bytes
             headers={
                 "Inference-Header-Content-Length": str(len(header)),
                 "Content-Type": "application/octet-stream",

@@ -4,10 +4,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from hpa import Decision, Policy
-from levels import Level
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from loadtests.hpa import Decision, Policy
+from loadtests.levels import Level
 
 SIZE = (6.0, 3.4)
 DPI = 90

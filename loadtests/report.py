@@ -1,6 +1,6 @@
-"""Turn a run (loadtests/run_load.py) into PNG plots and a Markdown summary with the knee.
+"""Turn a run (loadtests.run_load) into PNG plots and a Markdown summary with the knee.
 
-    .venv/bin/python loadtests/report.py RUN_DIR --p99-target-ms 50
+    .venv/bin/python -m loadtests.report RUN_DIR --p99-target-ms 50
 
 Writes into RUN_DIR (or --out): throughput.png (answers/s against users), latency.png
 (p50/p95/p99 against users), batch_size.png (rows per model run against users), memory.png
@@ -23,10 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 
-import hpa
-import levels as lv
-import plots
-import server_metrics
+from loadtests import hpa, plots, server_metrics
+from loadtests import levels as lv
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:

@@ -4,8 +4,8 @@ Against a server you already run (`--url`), or one this script starts (pinned to
 `--server-cpus`, bundled models unless `--model-repository`). Locust runs pinned to
 `--client-cpus`, because a Python load generator on the server's cores takes CPU from it.
 
-    .venv/bin/python loadtests/run_load.py runs/ramp --shape ramp --peak-users 64 --seconds 90
-    .venv/bin/python loadtests/report.py runs/ramp --p99-target-ms 50
+    .venv/bin/python -m loadtests.run_load runs/ramp --shape ramp --peak-users 64 --seconds 90
+    .venv/bin/python -m loadtests.report runs/ramp --p99-target-ms 50
 
 RUN_DIR gets Locust's own files (locust_stats.csv, locust_stats_history.csv,
 locust_failures.csv, locust_exceptions.csv, locust_stats.json, locust_report.html),
@@ -18,9 +18,6 @@ client, the server and other work on the machine) and the logs.
 import argparse
 import json
 import os
-import platform
-import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -30,8 +27,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import server_metrics
-from processes import ROOT, Started, cpu_seconds, inscale_server, machine_busy_seconds, pinned
+from loadtests import server_metrics
+from loadtests.harness import cpu, machine
+from loadtests.harness.processes import ROOT, Started, pinned
+from loadtests.harness.server import inscale_server
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 USERS = ("PredictUser", "V2JsonUser", "V2BinaryUser")
@@ -96,13 +95,12 @@ def target_server(args: argparse.Namespace) -> Iterator[Started | None]:
 
 def run_locust(cmd: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
     """Run Locust to the end of its shape; its CPU use says whether it was the bottleneck."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = cpu.children_cpu_seconds()
     began = time.monotonic()
     with log.open("wb") as sink:
         done = subprocess.run(cmd, stdout=sink, stderr=sink, cwd=ROOT, timeout=timeout_s)
     wall = time.monotonic() - began
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    used = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    used = cpu.children_cpu_seconds() - usage
     # Exit code 1 only says some requests failed, which an overload test wants to see.
     if done.returncode not in (0, 1) or not (log.parent / "locust_stats.csv").exists():
         tail = log.read_text(errors="replace")[-3000:]
@@ -110,23 +108,12 @@ def run_locust(cmd: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
     return {"exit_code": done.returncode, "wall_s": wall, "cpu_s": used, "cores": used / wall}
 
 
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model.group(1) if model else platform.processor(),
-        "load_average_at_start": os.getloadavg(),
-        "platform": platform.platform(),
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = args.run_dir / "metrics.jsonl"
     info: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        "machine": machine.facts(),
         "shape": args.shape,
         "peak_users": args.peak_users,
         "seconds": args.seconds,
@@ -141,21 +128,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info |= {"url": url, "server_started_here": started is not None}
         if started is not None:
             info["server_cpus"] = args.server_cpus
-            server_cpu_before = cpu_seconds(started.pid)
+            server_cpu_before = cpu.process_cpu_seconds(started.pid)
         sampler = (
             server_metrics.sampling(url, metrics_path, args.metrics_interval)
             if args.prometheus is None
             else nullcontext()
         )
-        info["start"], busy_before = time.time(), machine_busy_seconds()
+        info["start"], busy_before = time.time(), sum(cpu.core_times([]).busy_s.values())
         with sampler:
             cmd = locust_command(args, url)
             info["locust_command"] = shlex.join(cmd)
             info["client"] = run_locust(cmd, args.run_dir / "locust.log", args.seconds + 300)
-        info["end"], busy = time.time(), machine_busy_seconds() - busy_before
+        info["end"] = time.time()
+        busy = sum(cpu.core_times([]).busy_s.values()) - busy_before
         wall, ours = info["end"] - info["start"], info["client"]["cpu_s"]
         if started is not None:
-            server_s = cpu_seconds(started.pid) - server_cpu_before
+            server_s = cpu.process_cpu_seconds(started.pid) - server_cpu_before
             info["server"] = {"cpu_s": server_s, "cores": server_s / wall}
             ours += server_s
             # Other work on the machine meanwhile (only known when the server is ours).
@@ -177,7 +165,7 @@ def main() -> None:
     client = info["client"]
     print(
         f"{args.run_dir}: Locust exit {client['exit_code']}, used {client['cores']:.2f} cores; "
-        f"report: {sys.executable} {Path(__file__).parent / 'report.py'} {args.run_dir}"
+        f"report: {sys.executable} -m loadtests.report {args.run_dir}"
     )
 
 

@@ -9,7 +9,7 @@ of the ramp (a short warm-up, then the measured step) and stops them all.
 wrk rather than Locust: it drives well over 10,000 requests/s from one core, so the load
 generator is not what limits the figures, and it leaves the replicas' cores alone.
 
-    .venv/bin/python loadtests/scale_local.py runs/scale --replicas 1,2,4 --step-seconds 5
+    .venv/bin/python -m loadtests.scale_local runs/scale --replicas 1,2,4 --step-seconds 5
 
 Writes RUN_DIR/scaling.json (every step, with the CPU each side used), scaling.md (the table
 and what limits the gain) and scaling.png (throughput and p99 against concurrency).
@@ -18,28 +18,22 @@ and what limits the gain) and scaling.png (throughput and p99 against concurrenc
 import argparse
 import json
 import os
-import resource
-import shlex
-import subprocess
-import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import (
-    Started,
-    cpu_seconds,
-    haproxy,
-    inscale_replicas,
-    machine_busy_seconds,
-    pinned,
-)
-from scaling_report import write_outputs
-from server_metrics import Instant, parse_exposition
 
-HERE = Path(__file__).resolve().parent
-SAMPLE = HERE.parent / "service" / "inscale" / "bundled_models" / "sample_input.json"
-WRK_SCRIPT = HERE / "wrk_report.lua"  # POSTs $WRK_BODY_FILE, prints one JSON line
+from loadtests.haproxy import haproxy
+from loadtests.harness import cpu, wrk
+from loadtests.harness.disturbance import Detector, Limits, score
+from loadtests.harness.processes import ROOT, Started
+from loadtests.harness.server import inscale_server
+from loadtests.scaling_report import write_outputs
+from loadtests.server_metrics import Instant, parse_exposition
+
+SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 Step = dict[str, Any]
 
 
@@ -77,16 +71,22 @@ def write_body(args: argparse.Namespace) -> Path:
     return body
 
 
-def run_wrk(args: argparse.Namespace, url: str, body: Path, connections: int, seconds: int) -> Step:
-    cmd = [*pinned(args.client_cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    cmd += ["--timeout", "10s", "-s", str(WRK_SCRIPT), f"{url}/predict"]
-    env = {**os.environ, "WRK_BODY_FILE": str(body)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"wrk failed ({shlex.join(cmd)}):\n{done.stdout}\n{done.stderr}")
-    report: Step = json.loads(lines[-1])
-    return report
+@contextmanager
+def replicas_running(
+    count: int, logs: Path, repo: Path | None, cpus: Sequence[int]
+) -> Iterator[list[Started]]:
+    """`count` servers; replica i is pinned to cpus[i % len(cpus)] (unpinned if no cpus)."""
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(
+                inscale_server(
+                    logs / f"replica-{i}" / "server.log",
+                    model_repository=repo,
+                    cpus=[cpus[i % len(cpus)]] if cpus else None,
+                )
+            )
+            for i in range(count)
+        ]
 
 
 def batch_counters(replicas: list[Started], model: str) -> tuple[float, float] | None:
@@ -105,82 +105,97 @@ def batch_counters(replicas: list[Started], model: str) -> tuple[float, float] |
 
 
 def measure_step(
-    args: argparse.Namespace, replicas: list[Started], lb: Started, body: Path, conc: int
+    args: argparse.Namespace,
+    detector: Detector,
+    replicas: list[Started],
+    lb: Started,
+    body: Path,
+    conc: int,
 ) -> Step:
-    """One warm-up run (wakes threads, fills queues), then the measured run between CPU
-    readings of every replica, haproxy and wrk."""
+    """One warm-up run (wakes threads, fills queues), then the measured run, watched for
+    other work on the machine; the replicas' and haproxy's CPU time read around it."""
+    url, cpus = f"{lb.url}/predict", args.client_cpus or None
     if args.warmup_seconds:
-        run_wrk(args, lb.url, body, conc, args.warmup_seconds)
+        wrk.run(url, body, connections=conc, seconds=args.warmup_seconds, cpus=cpus)
     pids = [r.pid for r in replicas]
     counters_before = batch_counters(replicas, args.model)
-    before = [cpu_seconds(p) for p in pids], cpu_seconds(lb.pid), _children_cpu()
-    busy_before, began = machine_busy_seconds(), time.monotonic()
-    report = run_wrk(args, lb.url, body, conc, args.step_seconds)
-    wall, busy = time.monotonic() - began, machine_busy_seconds() - busy_before
-    after = [cpu_seconds(p) for p in pids], cpu_seconds(lb.pid), _children_cpu()
-    replica_cores = [(a - b) / wall for a, b in zip(after[0], before[0], strict=True)]
-    ours = sum(after[0]) - sum(before[0]) + after[1] - before[1] + after[2] - before[2]
+    before = [cpu.process_cpu_seconds(p) for p in [*pids, lb.pid]]
+    with detector.window(pids, args.step_seconds, idle_pids=[lb.pid]) as seen:
+        report = wrk.run(url, body, connections=conc, seconds=args.step_seconds, cpus=cpus)
+    found = seen[0]
+    used = [cpu.process_cpu_seconds(p) - b for p, b in zip([*pids, lb.pid], before, strict=True)]
     counters_after = batch_counters(replicas, args.model)
     rows_per_run = None
     if counters_before and counters_after and counters_after[1] > counters_before[1]:
         rows = counters_after[0] - counters_before[0]
         rows_per_run = rows / (counters_after[1] - counters_before[1])
+    haproxy_cores = used[-1] / found.wall_s
     return {
         "replicas": len(replicas),
         "concurrency": conc,
-        "requests_per_s": report["requests"] / (report["duration_us"] / 1e6),
+        "requests_per_s": report.requests_per_s,
         # Answered 2xx: an error (a 503 from haproxy with no replica up) comes back fast.
-        "ok_per_s": (report["requests"] - report["errors"]) / (report["duration_us"] / 1e6),
-        "p50_ms": report["p50_us"] / 1e3,
-        "p99_ms": report["p99_us"] / 1e3,
-        "errors": report["errors"],
+        "ok_per_s": report.ok_per_s,
+        "p50_ms": report.p50_us / 1e3,
+        "p99_ms": report.p99_us / 1e3,
+        "errors": report.errors,
         "mean_batch_rows": rows_per_run,  # load split over replicas makes smaller batches
-        "replica_cores": replica_cores,
-        "server_cores": sum(replica_cores),
-        "haproxy_cores": (after[1] - before[1]) / wall,
-        "wrk_cores": (after[2] - before[2]) / wall,
-        "other_cores": max(0.0, busy - ours) / wall,  # other work on the machine meanwhile
-        "wrk": report,
+        "replica_cores": [u / found.wall_s for u in used[:-1]],
+        "server_cores": found.server_cores,
+        "haproxy_cores": haproxy_cores,
+        "wrk_cores": max(0.0, found.ours_cores - haproxy_cores),
+        "other_cores": found.other_cores,  # other work on the machine meanwhile
+        "disturbance": found,
+        "wrk": report.as_dict(),
     }
 
 
 def quietest_step(
-    args: argparse.Namespace, replicas: list[Started], lb: Started, body: Path, conc: int
+    args: argparse.Namespace,
+    detector: Detector,
+    replicas: list[Started],
+    lb: Started,
+    body: Path,
+    conc: int,
 ) -> Step:
-    """On a shared machine other work comes and goes: repeat a step it disturbed (more than
-    --max-other-cores), up to --retries times, and keep the attempt it disturbed least."""
+    """On a shared machine other work comes and goes: repeat a step it disturbed, up to
+    --retries times, and keep the attempt it disturbed least."""
     best: Step | None = None
     for attempt in range(1, args.retries + 2):
-        step = measure_step(args, replicas, lb, body, conc) | {"attempts": attempt}
-        if best is None or step["other_cores"] < best["other_cores"]:
+        step = measure_step(args, detector, replicas, lb, body, conc) | {"attempts": attempt}
+        if best is None or score(step["disturbance"], detector.limits) < score(
+            best["disturbance"], detector.limits
+        ):
             best = step
-        if step["other_cores"] <= args.max_other_cores:
+        if not step["disturbance"].disturbed:
             break
     assert best is not None
+    best["disturbance"] = best["disturbance"].as_dict()
+    best["disturbed"] = best["disturbance"]["disturbed"]
     return best
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
-    return usage.ru_utime + usage.ru_stime
+def disturbed_by(step: Step) -> str:
+    return "; ".join(step["disturbance"]["reasons"])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     body = write_body(args)
     load_at_start = os.getloadavg()
+    limits = Limits(other_cores=args.max_other_cores)
+    detector = Detector([*args.server_cpus, *args.client_cpus], limits)
+    detector.calibrate(seconds=0.5, rounds=1)
     steps: list[Step] = []
     for count in args.replicas:
         workdir = args.run_dir / f"replicas-{count}"
         workdir.mkdir(exist_ok=True)
         with (
-            inscale_replicas(
-                count, workdir, model_repository=args.model_repository, cpus=args.server_cpus
-            ) as replicas,
+            replicas_running(count, workdir, args.model_repository, args.server_cpus) as replicas,
             haproxy([r.url for r in replicas], workdir, cpus=args.client_cpus) as lb,
         ):
             for conc in args.concurrency:
-                step = quietest_step(args, replicas, lb, body, conc)
+                step = quietest_step(args, detector, replicas, lb, body, conc)
                 steps.append(step)
                 print(
                     f"replicas {count} concurrency {conc}: {step['ok_per_s']:,.0f} ok req/s, "
@@ -188,7 +203,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"rows/run {step['mean_batch_rows'] or 0:.1f}, "
                     f"server {step['server_cores']:.2f} cores, "
                     f"client {step['haproxy_cores'] + step['wrk_cores']:.2f}, "
-                    f"other work {step['other_cores']:.2f}",
+                    f"other work {step['other_cores']:.2f}"
+                    + (f" DISTURBED: {disturbed_by(step)}" if step["disturbed"] else ""),
                     flush=True,
                 )
     result = {

@@ -6,7 +6,7 @@ bundled models, Debian's prometheus with the shipped rules, and drives a rising 
 (plus a trickle of bad requests), then queries the whole run and draws it.
 
     pip install -e '.[dev]'          # matplotlib is among the dev tools
-    python monitoring/render_dashboard.py --out docs/dashboard.png
+    .venv/bin/python -m loadtests.render_dashboard --out docs/dashboard.png
 
 Needs `prometheus` and `wrk` on PATH (Debian packages). Takes about `--duration` seconds.
 """
@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,60 +25,21 @@ from typing import Any
 
 import httpx
 import matplotlib.pyplot as plt  # headless here: matplotlib picks its Agg backend itself
-import yaml
 from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
 from matplotlib.ticker import FuncFormatter
 from PIL import Image  # matplotlib's own dependency
 
-ROOT = Path(__file__).resolve().parent.parent
+from loadtests.harness import wrk
+from loadtests.harness.processes import ROOT
+from loadtests.harness.prometheus import prometheus
+from loadtests.harness.server import inscale_server
+
 DASHBOARD = ROOT / "monitoring" / "grafana" / "dashboards" / "inscale-overview.json"
-PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
 SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
-WRK_SCRIPT = ROOT / "loadtests" / "wrk_report.lua"
 STAGES = (1, 4, 16, 48)  # wrk connections, rising, each for an equal part of the run
 BG, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 COLORS = ["#73bf69", "#f2cc0c", "#5794f2", "#ff9830", "#f2495c", "#b877d9", "#8ab8ff", "#96d98d"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} never answered 200")
-
-
-def start_inscale(port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "inscale", "serve", "--port", str(port), "--log-level", "warning"]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def start_prometheus(workdir: Path, port: int, target: str) -> subprocess.Popen[bytes]:
-    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(p) for p in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))]
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    cmd = [
-        "prometheus",
-        f"--config.file={workdir / 'prometheus.yml'}",
-        f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    log = (workdir / "prometheus.log").open("w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def drive_load(url: str, seconds: int, workdir: Path) -> None:
@@ -114,7 +74,7 @@ def drive_load(url: str, seconds: int, workdir: Path) -> None:
                         f"-c{connections}",
                         f"-d{step}s",
                         "-s",
-                        str(WRK_SCRIPT),
+                        str(wrk.SCRIPT),
                         url + "/predict",
                     ],
                     env={**os.environ, "WRK_BODY_FILE": str(body)},
@@ -178,7 +138,7 @@ def query_range(
 ) -> list[dict[str, Any]]:
     for name, value in {"$model": ".*", "$instance": ".*", "$__rate_interval": "15s"}.items():
         expr = expr.replace(name, value)
-    params = {"query": expr, "start": start, "end": end, "step": step}
+    params: dict[str, str | float] = {"query": expr, "start": start, "end": end, "step": step}
     body = httpx.get(f"{prom}/api/v1/query_range", params=params, timeout=30).json()
     if body["status"] != "success":
         raise RuntimeError(f"{expr}: {body}")
@@ -335,13 +295,11 @@ def main() -> int:
             return 2
     with tempfile.TemporaryDirectory(prefix="inscale-render-") as tmp:
         workdir = Path(tmp)
-        port, prom_port = free_port(), free_port()
-        url, prom = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prom_port}"
-        server = start_inscale(port, workdir / "inscale.log")
-        prometheus = start_prometheus(workdir, prom_port, f"127.0.0.1:{port}")
-        try:
-            wait_for(url + "/health/ready")
-            wait_for(prom + "/-/ready")
+        with (
+            inscale_server(workdir / "inscale" / "server.log") as server,
+            prometheus(workdir / "prometheus", [server.url.removeprefix("http://")]) as prom_proc,
+        ):
+            url, prom = server.url, prom_proc.url
             time.sleep(12)  # Prometheus's first scrape
             start = time.time()
             drive_load(url, args.duration, workdir)
@@ -349,10 +307,6 @@ def main() -> int:
             end = time.time()
             args.out.parent.mkdir(parents=True, exist_ok=True)
             render(prom, start - 10, end, args.out)
-        finally:
-            for proc in (server, prometheus):
-                proc.terminate()
-                proc.wait(30)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
     return 0
 
