@@ -18,6 +18,8 @@ from inscale.batcher import (
     DeadlineError,
     DropReason,
     QueueFullError,
+    Ran,
+    StepTimes,
 )
 
 
@@ -31,17 +33,23 @@ class Recorder:
         if not block:
             self.release.set()
 
-    def __call__(self, payloads: Sequence[int]) -> list[int]:
+    def __call__(self, payloads: Sequence[int]) -> Ran[int]:
         self.batches.append(list(payloads))
         self.started.set()
         self.release.wait(10)
-        return [p * 10 for p in payloads]
+        return Ran([p * 10 for p in payloads], StepTimes(1, 2, 3))
 
 
-class Observer:
+class Events:
+    """The batcher's event stream, recorded."""
+
     def __init__(self) -> None:
+        self.queued: list[int] = []
         self.records: list[BatchRecord] = []
         self.drops: list[DropReason] = []
+
+    def request_queued(self, rows: int) -> None:
+        self.queued.append(rows)
 
     def batch_finished(self, record: BatchRecord) -> None:
         self.records.append(record)
@@ -63,24 +71,26 @@ async def wait_until_started(recorder: Recorder) -> None:
 
 async def test_requests_queued_behind_a_running_batch_are_merged_in_order() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=4))
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=4), events)
     batcher.start()
     first = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 5)]
     await asyncio.sleep(0)  # let the submits enqueue
-    assert batcher.stats().queued == 4
+    assert batcher.load().queued == 4
     run.release.set()
     assert await first == 0
     assert await asyncio.gather(*rest) == [10, 20, 30, 40]
     assert run.batches == [[0], [1, 2, 3, 4]]
-    assert batcher.stats().runs == 2
+    assert len(events.records) == 2
     await batcher.close()
 
 
 async def test_a_lone_request_runs_at_once_despite_a_long_queue_delay() -> None:
     run = Recorder()
-    batcher: Batcher[int, int] = Batcher(run, policy(max_queue_delay_s=3600.0))
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(max_queue_delay_s=3600.0), events)
     batcher.start()
     # With a one-hour delay, only the "lone request on an idle instance" rule can finish this.
     assert await asyncio.wait_for(batcher.submit(7), timeout=5) == 70
@@ -89,7 +99,10 @@ async def test_a_lone_request_runs_at_once_despite_a_long_queue_delay() -> None:
 
 async def test_partial_batch_waits_for_the_delay_then_runs() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=8, max_queue_delay_s=0.05))
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(
+        run, policy(max_batch_size=8, max_queue_delay_s=0.05), events
+    )
     batcher.start()
     first = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
@@ -105,7 +118,8 @@ async def test_partial_batch_waits_for_the_delay_then_runs() -> None:
 
 async def test_rows_never_exceed_max_batch_size_and_requests_are_not_split() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=5))
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=5), events)
     batcher.start()
     first = asyncio.create_task(batcher.submit(0, rows=1))
     await wait_until_started(run)
@@ -121,7 +135,8 @@ async def test_rows_never_exceed_max_batch_size_and_requests_are_not_split() -> 
 
 async def test_requests_with_different_keys_never_share_a_batch() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=3))
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(max_batch_size=3), events)
     batcher.start()
     first = asyncio.create_task(batcher.submit(0, key="a"))
     await wait_until_started(run)
@@ -137,7 +152,7 @@ async def test_requests_with_different_keys_never_share_a_batch() -> None:
 async def test_preferred_batch_size_is_cut_as_soon_as_it_can_be_formed() -> None:
     run = Recorder(block=True)
     batcher: Batcher[int, int] = Batcher(
-        run, policy(max_batch_size=8, preferred_batch_sizes=(2, 4))
+        run, policy(max_batch_size=8, preferred_batch_sizes=(2, 4)), Events()
     )
     batcher.start()
     first = asyncio.create_task(batcher.submit(0))
@@ -154,9 +169,9 @@ async def test_preferred_batch_size_is_cut_as_soon_as_it_can_be_formed() -> None
 
 async def test_full_queue_rejects_at_once() -> None:
     run = Recorder(block=True)
-    observer = Observer()
+    observer = Events()
     batcher: Batcher[int, int] = Batcher(
-        run, policy(max_queue_size=2, max_queue_delay_s=0.0), observer=observer
+        run, policy(max_queue_size=2, max_queue_delay_s=0.0), observer
     )
     batcher.start()
     running = asyncio.create_task(batcher.submit(0))
@@ -165,8 +180,8 @@ async def test_full_queue_rejects_at_once() -> None:
     await asyncio.sleep(0)
     with pytest.raises(QueueFullError, match="queue is full"):
         await batcher.submit(3)
-    assert batcher.stats().rejected == 1
     assert observer.drops == [DropReason.REJECTED]
+    assert observer.queued == [1, 1, 1], "a rejected request was never queued"
     run.release.set()
     await asyncio.gather(running, *queued)
     await batcher.close()
@@ -174,15 +189,17 @@ async def test_full_queue_rejects_at_once() -> None:
 
 async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy())
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(), events)
     batcher.start()
     running = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
     loop = asyncio.get_running_loop()
     with pytest.raises(DeadlineError):
         await batcher.submit(1, deadline=loop.time() + 0.05)
-    stats = batcher.stats()
-    assert (stats.expired, stats.queued, stats.queued_rows) == (1, 0, 0)
+    load = batcher.load()
+    assert events.drops == [DropReason.EXPIRED]
+    assert (load.queued, load.queued_rows, load.running_batches) == (0, 0, 1)
     run.release.set()
     await running
     assert all(1 not in batch for batch in run.batches)
@@ -191,8 +208,8 @@ async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> 
 
 async def test_abandoned_request_leaves_the_queue_and_others_are_served() -> None:
     run = Recorder(block=True)
-    observer = Observer()
-    batcher: Batcher[int, int] = Batcher(run, policy(), observer=observer)
+    observer = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(), observer)
     batcher.start()
     running = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
@@ -203,8 +220,8 @@ async def test_abandoned_request_leaves_the_queue_and_others_are_served() -> Non
     gone.set_result(None)  # the client disconnected
     with pytest.raises(asyncio.CancelledError):
         await leaving
-    assert batcher.stats().cancelled == 1
     assert observer.drops == [DropReason.CANCELLED]
+    assert batcher.load().queued == 1
     run.release.set()
     assert await running == 0
     assert await staying == 20
@@ -213,25 +230,24 @@ async def test_abandoned_request_leaves_the_queue_and_others_are_served() -> Non
 
 
 async def test_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
-    def run(payloads: Sequence[int]) -> list[int]:
+    def run(payloads: Sequence[int]) -> Ran[int]:
         if -1 in payloads:
             raise RuntimeError("boom")
-        return list(payloads)
+        return Ran(list(payloads))
 
-    observer = Observer()
-    batcher: Batcher[int, int] = Batcher(run, policy(), observer=observer)
+    observer = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(), observer)
     batcher.start()
     with pytest.raises(BatchFailedError, match="boom"):
         await batcher.submit(-1)
     assert await batcher.submit(5) == 5
-    assert [r.failed for r in observer.records] == [True, False]
-    stats = batcher.stats()
-    assert (stats.failed, stats.succeeded, stats.runs) == (1, 1, 2)
+    assert [(r.failed, r.requests) for r in observer.records] == [(True, 1), (False, 1)]
+    assert observer.records[0].steps == StepTimes(), "a failed run reports no step times"
     await batcher.close()
 
 
 async def test_result_count_mismatch_is_a_batch_failure() -> None:
-    batcher: Batcher[int, int] = Batcher(lambda payloads: [], policy())
+    batcher: Batcher[int, int] = Batcher(lambda payloads: Ran([]), policy(), Events())
     batcher.start()
     with pytest.raises(BatchFailedError, match="returned 0 results for 1 requests"):
         await batcher.submit(1)
@@ -241,19 +257,20 @@ async def test_result_count_mismatch_is_a_batch_failure() -> None:
 async def test_instances_run_batches_in_parallel() -> None:
     both_running = threading.Barrier(2, timeout=10)
 
-    def run(payloads: Sequence[int]) -> list[int]:
+    def run(payloads: Sequence[int]) -> Ran[int]:
         both_running.wait()  # deadlocks (BrokenBarrierError) unless two runs overlap
-        return list(payloads)
+        return Ran(list(payloads))
 
-    batcher: Batcher[int, int] = Batcher(run, policy(instances=2, max_batch_size=1))
+    batcher: Batcher[int, int] = Batcher(run, policy(instances=2, max_batch_size=1), Events())
     batcher.start()
-    assert await asyncio.gather(batcher.submit(1), batcher.submit(2)) == [1, 2]
+    assert list(await asyncio.gather(batcher.submit(1), batcher.submit(2))) == [1, 2]
     await batcher.close()
 
 
 async def test_drain_finishes_queued_work_and_refuses_new_requests() -> None:
     run = Recorder(block=True)
-    batcher: Batcher[int, int] = Batcher(run, policy())
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(), events)
     batcher.start()
     running = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
@@ -269,13 +286,16 @@ async def test_drain_finishes_queued_work_and_refuses_new_requests() -> None:
     await batcher.close()
 
 
-async def test_observer_sees_rows_and_queue_times() -> None:
-    observer = Observer()
-    batcher: Batcher[int, int] = Batcher(Recorder(), policy(), observer=observer)
+async def test_events_carry_rows_queue_times_and_step_times() -> None:
+    observer = Events()
+    batcher: Batcher[int, int] = Batcher(Recorder(), policy(), observer)
     batcher.start()
     await batcher.submit(1, rows=3)
+    assert observer.queued == [3]
     (record,) = observer.records
     assert (record.requests, record.rows, record.failed) == (1, 3, False)
+    assert record.steps == StepTimes(1, 2, 3)
+    assert record.finished_unix > 0
     assert len(record.queue_seconds) == 1 and record.queue_seconds[0] >= 0
     assert record.compute_seconds >= 0
     await batcher.close()

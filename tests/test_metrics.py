@@ -1,7 +1,8 @@
 """Metrics move exactly as requests, rows, runs and failures happen (in process, real batcher).
 
 A `Batcher` with a run_batch we hold on a threading event puts requests in a known state;
-`Metrics.model(...)` is the batcher's observer, as the registry wires it in the server.
+`Metrics.model(...)` consumes the batcher's events, as a model version wires it in the server
+(the data plane's own events are sent to it directly here).
 """
 
 import asyncio
@@ -11,12 +12,20 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
-from inscale.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
+from inscale.batcher import (
+    Batcher,
+    BatchFailedError,
+    BatchPolicy,
+    DeadlineError,
+    QueueFullError,
+    Ran,
+)
 from inscale.metrics.gpu import GpuCollector, gpu_collector
+from inscale.metrics.model import Outcome
 from inscale.metrics.process import memory_limit_bytes
-from inscale.metrics.prometheus import LATENCY_BUCKETS, Exchange, Metrics, Outcome
+from inscale.metrics.prometheus import LATENCY_BUCKETS, Metrics
 
 LABELS = {"model": "m", "version": "3"}
 
@@ -31,18 +40,17 @@ class Gate:
         self.release = threading.Event()
         self.batches: list[int] = []
 
-    def __call__(self, payloads: Sequence[int]) -> list[int]:
+    def __call__(self, payloads: Sequence[int]) -> Ran[int]:
         self.batches.append(len(payloads))
         if len(self.batches) <= self.held:
             self.started.set()
             self.release.wait(10)
         if self.fail:
             raise RuntimeError("model exploded")
-        return list(payloads)
+        return Ran(list(payloads))
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
-    metrics.flush()  # as before every scrape: counts gathered on the hot path are handed over
     found = metrics.registry.get_sample_value(name, {**LABELS, **labels})
     return 0.0 if found is None else found
 
@@ -58,9 +66,7 @@ def metrics() -> Metrics:
 
 def make_batcher(metrics: Metrics, gate: Gate, **policy: Any) -> Batcher[int, int]:
     settings: dict[str, Any] = {"max_batch_size": 9, "max_queue_delay_s": 30.0, **policy}
-    batcher: Batcher[int, int] = Batcher(
-        gate, BatchPolicy(**settings), observer=metrics.model("m", 3)
-    )
+    batcher: Batcher[int, int] = Batcher(gate, BatchPolicy(**settings), metrics.model("m", 3))
     batcher.start()
     return batcher
 
@@ -72,9 +78,9 @@ async def hold_first(batcher: Batcher[int, int], gate: Gate) -> "asyncio.Task[in
 
 
 async def queue(batcher: Batcher[int, int], count: int, **kwargs: Any) -> list["asyncio.Task[int]"]:
-    target = batcher.stats().queued + count
+    target = batcher.load().queued + count
     tasks = [asyncio.create_task(batcher.submit(i, rows=3, **kwargs)) for i in range(count)]
-    while batcher.stats().queued < target:
+    while batcher.load().queued < target:
         await asyncio.sleep(0)
     return tasks
 
@@ -141,39 +147,35 @@ async def test_rejected_timed_out_and_cancelled_requests(metrics: Metrics) -> No
     assert value(metrics, "inscale_queue_duration_seconds_count") == 2  # only requests that ran
 
 
-def test_answers_from_http_count_latency_and_bad_input(metrics: Metrics) -> None:
+def test_data_plane_events_count_latency_and_bad_input(metrics: Metrics) -> None:
     model = metrics.model("m", 3)
     assert metrics.model("m", 3) is model  # children are looked up once
-    model.request_answered(200, 0.0003)
-    model.request_answered(400, 0.0001)
-    model.request_answered(503, 0.0001)  # queue full is counted by the batcher, not here
+    model.request_done(True, 0.0003)
+    model.request_done(False, 0.0001)  # a failure's outcome comes from the batcher's events
+    model.request_refused()
     assert value(metrics, "inscale_request_duration_seconds_count") == 1
     assert value(metrics, "inscale_request_duration_seconds_bucket", le="0.00025") == 0
     assert value(metrics, "inscale_request_duration_seconds_bucket", le="0.0005") == 1
     assert outcome(metrics, Outcome.BAD_INPUT) == 1
+    assert outcome(metrics, Outcome.SUCCESS) == 0  # success is counted from the run
 
 
-async def test_a_resolution_is_noted_only_inside_an_exchange(metrics: Metrics) -> None:
-    metrics.model_resolved("m", 3)  # no request in progress: nothing to note, no error
-    exchange = Exchange()
-    token = metrics.exchange.set(exchange)
-    try:
-        await asyncio.sleep(0)
-        metrics.model_resolved("m", 3)
-    finally:
-        metrics.exchange.reset(token)
-    assert exchange.model is metrics.model("m", 3)
-
-
-def test_latency_buckets_span_100_us_to_10_s() -> None:
-    assert LATENCY_BUCKETS[0] == 0.0001
-    assert LATENCY_BUCKETS[-1] == 10.0
-    assert list(LATENCY_BUCKETS) == sorted(LATENCY_BUCKETS)
+def test_latency_histogram_resolves_100_us_to_10_s(metrics: Metrics) -> None:
+    model = metrics.model("m", 3)
+    for seconds in (0.00009, 0.0002, 9.0, 12.0):
+        model.request_done(True, seconds)
+    bucket = "inscale_request_duration_seconds_bucket"
+    assert value(metrics, bucket, le="0.0001") == 1  # the fastest request has its own bucket
+    assert value(metrics, bucket, le="0.00025") == 2
+    assert value(metrics, bucket, le="5.0") == 2
+    assert value(metrics, bucket, le="10.0") == 3  # a 9 s request is still resolved
+    assert value(metrics, bucket, le="+Inf") == 4  # and only one past 10 s is not
+    assert len(LATENCY_BUCKETS) >= 12, "about three buckets per decade"
 
 
 def test_the_registry_is_the_one_passed_in() -> None:
     first, second = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
-    first.model("m", 3).request_answered(400, 0.1)
+    first.model("m", 3).request_refused()
     assert outcome(first, Outcome.BAD_INPUT) == 1
     assert outcome(second, Outcome.BAD_INPUT) == 0  # nothing shared between the two
 
@@ -185,11 +187,13 @@ def test_memory_limit_is_known() -> None:
 # -- GPU: absent without one; the collector itself checked against a stand-in NVML ---------
 
 
-def test_no_gpu_means_no_collector() -> None:
+def test_without_a_gpu_no_gpu_series_are_exported() -> None:
     """On a machine without NVML or a GPU the series are absent, not zero."""
     if gpu_collector() is not None:
         pytest.skip("a GPU is present here: the absent-GPU case cannot be observed")
-    assert gpu_collector(None) is None
+    exposition = generate_latest(Metrics(CollectorRegistry()).registry).decode()
+    assert "inscale_build_info" in exposition  # the exposition itself is there
+    assert "inscale_gpu" not in exposition
 
 
 class FakeNvml:

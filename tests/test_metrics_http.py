@@ -204,3 +204,54 @@ def test_counters_add_up_across_worker_processes(test_repo: Path) -> None:
         assert outcome(samples, "identity", "success") == 40  # counters keep the dead's counts
     assert not folder.exists(), "the metrics folder must be removed when the server exits"
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+
+
+PER_MODEL = (
+    "inscale_requests_total",
+    "inscale_request_duration_seconds_count",
+    "inscale_inference_rows_total",
+    "inscale_model_runs_total",
+    "inscale_queue_duration_seconds_count",
+)
+
+
+def per_model_delta(before: Samples, after: Samples, model: str) -> dict[tuple[str, str], float]:
+    """How each per-model series of `model` moved, keyed by (name, outcome label or '')."""
+    moved: dict[tuple[str, str], float] = {}
+    for (name, labels), value in after.items():
+        found = dict(labels)
+        if name in PER_MODEL and found.get("model") == model:
+            moved[(name, found.get("outcome", ""))] = value - before.get((name, labels), 0.0)
+    return moved
+
+
+def test_per_model_series_are_the_same_whichever_protocol_served(server: ServerProcess) -> None:
+    """The same requests through /predict and through V2 move every per-model series alike:
+    the series come from the data plane's events, not from a protocol's layer."""
+    rows = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+
+    def v2(data: list[list[float]]) -> dict[str, object]:
+        flat = [v for row in data for v in row]
+        shape = [len(data), len(data[0])]
+        return {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": flat}]}
+
+    def predict(client: httpx.Client, data: list[list[float]]) -> httpx.Response:
+        return client.post("/predict", json={"model": "identity", "inputs": data})
+
+    def infer(client: httpx.Client, data: list[list[float]]) -> httpx.Response:
+        return client.post("/v2/models/identity/infer", json=v2(data))
+
+    rounds = {"predict": predict, "v2": infer}
+    moved = {}
+    with httpx.Client(base_url=server.url) as client:
+        for protocol, send in rounds.items():
+            before = scrape(server.url)
+            statuses = [send(client, rows).status_code, send(client, rows[:1]).status_code]
+            statuses.append(send(client, [[1.0, 2.0, 3.0]]).status_code)  # wrong shape
+            assert statuses == [200, 200, 400], protocol
+            moved[protocol] = per_model_delta(before, scrape(server.url), "identity")
+    assert moved["predict"] == moved["v2"]
+    assert moved["v2"][("inscale_requests_total", "success")] == 2
+    assert moved["v2"][("inscale_requests_total", "bad_input")] == 1
+    assert moved["v2"][("inscale_inference_rows_total", "")] == 3
+    assert moved["v2"][("inscale_request_duration_seconds_count", "")] == 2

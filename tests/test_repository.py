@@ -80,7 +80,7 @@ def test_names_are_the_plain_model_folders_sorted(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("a file is not a model")
     repository = ModelRepository(tmp_path)
     assert repository.names() == ["a", "b", "digits-wide"]
-    assert [s.name for s in repository.scan()] == ["a", "b", "digits-wide"]
+    assert [repository.describe(n).name for n in repository.names()] == ["a", "b", "digits-wide"]
 
 
 def test_missing_repository_folder_has_no_models(tmp_path: Path) -> None:
@@ -248,7 +248,8 @@ def test_invalid_config_is_a_problem_of_the_model_not_the_repository(tmp_path: P
     model_folder(tmp_path, "good", [1])
     bad = model_folder(tmp_path, "bad", [1])
     (bad / "config.yaml").write_text("batching:\n  max_batch_sise: 8\n")
-    sources = {s.name: s for s in ModelRepository(tmp_path).scan()}
+    repo = ModelRepository(tmp_path)
+    sources = {n: repo.describe(n) for n in repo.names()}
     assert sources["good"].problems == () and sources["good"].versions == (1,)
     assert sources["bad"].config is None
     [problem] = sources["bad"].problems

@@ -382,14 +382,14 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         "identity",
         {"content": b"{inputs: nope"},
         400,
-        "the JSON header is not valid JSON: ",
+        "the request body is not valid JSON: ",
     ),
     (
         "not an object",
         "identity",
         {"json": [1, 2, 3]},
         400,
-        'the JSON header must be an object with "inputs"',
+        'the request body must be a JSON object with "inputs"',
     ),
     (
         "no inputs",

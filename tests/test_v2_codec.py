@@ -10,16 +10,19 @@ import pytest
 
 from inscale.datatypes import BY_NAME
 from inscale.errors import InvalidInput
-from inscale.models.signature import Signature, TensorSpec
 from inscale.protocols.v2 import codec
+from inscale.signature import Signature, TensorSpec
+from inscale.validation import InputRules
 
 
 def spec(name: str, datatype: str, *shape: int | None) -> TensorSpec:
     return TensorSpec(name, BY_NAME[datatype], tuple(shape), (None,) * len(shape))
 
 
-def signature(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Signature:
-    return Signature(tuple(inputs), tuple(outputs))
+def signature(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> InputRules:
+    """The input rules of a model with this signature, as the data plane hands them over."""
+    sig = Signature(tuple(inputs), tuple(outputs))
+    return InputRules(sig, sig.batchable, 32, {})
 
 
 FLOAT_MODEL = signature([spec("x", "FP32", None, 4)], [spec("y", "FP32", None, 4)])
@@ -109,7 +112,7 @@ def test_response_bytes_follow_the_binary_format() -> None:
         "word": np.array(["hé", ""], dtype=object),
         "half": np.array([1.5], dtype=np.float16),
     }
-    body, length = codec.encode_response("m", 3, request, results, model)
+    body, length = codec.encode_response("m", 3, request, results, model.signature)
     assert length is not None
     header = json.loads(body[:length])
     assert header == {
@@ -139,7 +142,7 @@ def test_response_bytes_follow_the_binary_format() -> None:
 def test_all_json_response_has_no_header_length() -> None:
     request = codec.InferRequest(None, {}, (codec.RequestedOutput("y", False),), None, 0)
     body, length = codec.encode_response(
-        "m", 1, request, {"y": np.ones((1, 4), np.float32)}, FLOAT_MODEL
+        "m", 1, request, {"y": np.ones((1, 4), np.float32)}, FLOAT_MODEL.signature
     )
     assert length is None
     assert json.loads(body)["outputs"] == [
@@ -203,5 +206,5 @@ def test_json_nan_and_infinity_as_triton_and_perf_analyzer_write_them() -> None:
     x = codec.decode_request(text, None, FLOAT_MODEL).arrays["x"]
     assert np.isnan(x[0, 0])
     assert x[0, 1:].tolist() == [np.inf, -np.inf, 1.0]
-    with pytest.raises(InvalidInput, match="the JSON header is not valid JSON: "):
+    with pytest.raises(InvalidInput, match="the request body is not valid JSON: "):
         codec.decode_request(text.replace(b"1]", b"NaN"), None, FLOAT_MODEL)

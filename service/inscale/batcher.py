@@ -19,11 +19,14 @@ non-batch dims), so arrays of different shapes never meet. `run_batch` is synchr
 runs in a thread pool with one thread per instance: ONNX Runtime releases the GIL, so the
 event loop keeps accepting while a batch computes.
 
+What happens to requests is reported as events (`BatchEvents`: queued, dropped with a reason,
+batch finished with its times) to one listener the caller gives; the batcher keeps no
+counters of its own, only what is in it now (`load()`), which its own rules need.
+
 This module imports nothing from the rest of inscale; its errors are its own.
 """
 
 import asyncio
-import dataclasses
 import enum
 import time
 from collections import deque
@@ -70,43 +73,67 @@ class DropReason(enum.Enum):
     REJECTED = "rejected"  # queue full
     EXPIRED = "timeout"  # deadline passed while queued
     CANCELLED = "cancelled"  # caller went away while queued
+    CLOSED = "closed"  # the batcher shut down with the request still queued
+
+
+@dataclass(frozen=True, slots=True)
+class StepTimes:
+    """How long the three steps of one run took, in nanoseconds: gathering the payloads into
+    the model's inputs, the model itself, and splitting its outputs back per request."""
+
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ran(Generic[R]):
+    """What `run_batch` returns: one result per payload, in order, and its step times."""
+
+    results: Sequence[R]
+    steps: StepTimes = StepTimes()
 
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """What one model run did, for metrics and statistics."""
+    """What one model run did."""
 
     requests: int
     rows: int
     queue_seconds: tuple[float, ...]  # per request, in batch order
-    compute_seconds: float
+    compute_seconds: float  # from the hand-off to the worker thread to the results
+    steps: StepTimes  # as `run_batch` measured them (zeros when it failed)
     failed: bool
+    finished_unix: float  # wall-clock time the run ended
 
 
-class BatchObserver(Protocol):
-    def batch_finished(self, record: BatchRecord) -> None: ...
+class BatchEvents(Protocol):
+    """The one stream of what happens to requests in the batcher.
+
+    Every counter about queueing and runs (statistics, Prometheus, later consumers) is built
+    from these, so each event is counted in one place. All are called on the event loop's
+    thread, so a listener needs no lock.
+    """
+
+    def request_queued(self, rows: int) -> None: ...
 
     def request_dropped(self, reason: DropReason) -> None: ...
 
+    def batch_finished(self, record: BatchRecord) -> None: ...
 
-@dataclass(slots=True)
-class BatcherStats:
-    """Counters since start; `queued`, `queued_rows` and `running` are current values."""
 
-    submitted: int = 0
-    rejected: int = 0
-    expired: int = 0
-    cancelled: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    runs: int = 0
-    rows: int = 0
-    queue_seconds: float = 0.0
-    compute_seconds: float = 0.0
-    queued: int = 0
-    queued_rows: int = 0
-    running: int = 0
-    last_run_unix: float = 0.0
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What is in the batcher now (current values, not counters)."""
+
+    queued: int  # requests waiting
+    queued_rows: int
+    running_batches: int
+    running_requests: int
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.running_requests
 
 
 class _State(enum.Enum):
@@ -133,31 +160,26 @@ class _Plan(Generic[T, R]):
     wake_at: float = 0.0
 
 
-class _NullObserver:
-    def batch_finished(self, record: BatchRecord) -> None:
-        pass
-
-    def request_dropped(self, reason: DropReason) -> None:
-        pass
-
-
 class Batcher(Generic[T, R]):
     """Merges `submit` calls into calls of `run_batch(payloads) -> results` (same length)."""
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[T]], Sequence[R]],
+        run_batch: Callable[[Sequence[T]], Ran[R]],
         policy: BatchPolicy,
+        events: BatchEvents,
         *,
         name: str = "batcher",
-        observer: BatchObserver | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.policy = policy
         self._name = name
-        self._observer: BatchObserver = observer or _NullObserver()
+        self._events = events
         self._queue: deque[_Pending[T, R]] = deque()
-        self._stats = BatcherStats()
+        self._queued = 0
+        self._queued_rows = 0
+        self._running_batches = 0
+        self._running_requests = 0
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -196,7 +218,8 @@ class Batcher(Generic[T, R]):
             await asyncio.gather(self._loop_task, return_exceptions=True)
         for item in self._queue:
             if item.state is _State.QUEUED:
-                self._drop(item, None, BatcherClosedError(f"{self._name} is shutting down"))
+                closed = BatcherClosedError(f"{self._name} is shutting down")
+                self._drop(item, DropReason.CLOSED, closed)
         self._queue.clear()
         if self._running_tasks:
             await asyncio.gather(*self._running_tasks, return_exceptions=True)
@@ -207,8 +230,8 @@ class Batcher(Generic[T, R]):
     def closed(self) -> bool:
         return self._closed
 
-    def stats(self) -> BatcherStats:
-        return dataclasses.replace(self._stats)  # a copy: callers may keep it
+    def load(self) -> Load:
+        return Load(self._queued, self._queued_rows, self._running_batches, self._running_requests)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -231,10 +254,8 @@ class Batcher(Generic[T, R]):
             raise BatcherClosedError(f"{self._name} is not accepting requests")
         if rows > self.policy.max_batch_size:
             raise ValueError(f"{rows} rows exceed max_batch_size {self.policy.max_batch_size}")
-        stats = self._stats
-        if stats.queued >= self.policy.max_queue_size:
-            stats.rejected += 1
-            self._observer.request_dropped(DropReason.REJECTED)
+        if self._queued >= self.policy.max_queue_size:
+            self._events.request_dropped(DropReason.REJECTED)
             raise QueueFullError(
                 f"{self._name}: queue is full ({self.policy.max_queue_size} requests waiting)"
             )
@@ -243,9 +264,9 @@ class Batcher(Generic[T, R]):
         if deadline is not None:
             item.timer = loop.call_at(deadline, self._expire, item)
         self._queue.append(item)
-        stats.submitted += 1
-        stats.queued += 1
-        stats.queued_rows += rows
+        self._queued += 1
+        self._queued_rows += rows
+        self._events.request_queued(rows)
         self._idle.clear()  # type: ignore[union-attr]
         self._wakeup.set()
         if abandon_on is not None:
@@ -263,33 +284,25 @@ class Batcher(Generic[T, R]):
         if item.state is _State.QUEUED:
             self._drop(item, DropReason.EXPIRED, DeadlineError("deadline passed while queued"))
 
-    def _drop(
-        self, item: _Pending[T, R], reason: DropReason | None, error: BaseException | None
-    ) -> None:
+    def _drop(self, item: _Pending[T, R], reason: DropReason, error: BaseException | None) -> None:
         """Take a queued request out; it stays in the deque as a shell until skipped."""
         item.state = _State.DROPPED
         item.payload = None  # release the arrays now, not when the shell is skipped
         if item.timer is not None:
             item.timer.cancel()
-        stats = self._stats
-        stats.queued -= 1
-        stats.queued_rows -= item.rows
-        if reason is DropReason.EXPIRED:
-            stats.expired += 1
-        elif reason is DropReason.CANCELLED:
-            stats.cancelled += 1
-        if reason is not None:
-            self._observer.request_dropped(reason)
+        self._queued -= 1
+        self._queued_rows -= item.rows
+        self._events.request_dropped(reason)
         if error is not None and not item.future.done():
             item.future.set_exception(error)
         # Shells are skipped lazily; compact when they outnumber live requests so a storm of
         # timeouts cannot grow the deque without bound.
-        if len(self._queue) > 2 * stats.queued + 64:
+        if len(self._queue) > 2 * self._queued + 64:
             self._queue = deque(i for i in self._queue if i.state is _State.QUEUED)
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._stats.queued == 0 and self._stats.running == 0 and self._idle is not None:
+        if self._queued == 0 and self._running_batches == 0 and self._idle is not None:
             self._idle.set()
 
     # -- the batching loop -----------------------------------------------------------------
@@ -352,7 +365,7 @@ class Batcher(Generic[T, R]):
             plan.items = plan.items[: preferred_cut[0]]
             plan.ready = True
             return plan
-        lone = self._stats.queued == 1
+        lone = self._queued == 1
         waited_enough = now >= head.enqueued + policy.max_queue_delay_s
         plan.ready = full or lone or waited_enough
         if plan.ready and preferred_cut is not None:
@@ -374,14 +387,16 @@ class Batcher(Generic[T, R]):
         return best
 
     def _dequeue(self, items: list[_Pending[T, R]]) -> None:
-        stats = self._stats
+        rows = 0
         for item in items:
             item.state = _State.RUNNING
             if item.timer is not None:
                 item.timer.cancel()
-            stats.queued -= 1
-            stats.queued_rows -= item.rows
-        stats.running += 1
+            rows += item.rows
+        self._queued -= len(items)
+        self._queued_rows -= rows
+        self._running_batches += 1
+        self._running_requests += len(items)
         queue = self._queue
         if queue and queue[0] is items[0] and all(queue[i] is item for i, item in enumerate(items)):
             for _ in items:
@@ -395,15 +410,16 @@ class Batcher(Generic[T, R]):
         started = loop.time()
         queue_seconds = tuple(started - item.enqueued for item in items)
         payloads = [item.payload for item in items]
-        items_rows = sum(item.rows for item in items)
+        rows = sum(item.rows for item in items)
         for item in items:
             item.payload = None
+        steps = StepTimes()
         failed = False
         try:
-            results = await loop.run_in_executor(self._executor, self._run_batch, payloads)  # type: ignore[arg-type]
-            if len(results) != len(items):
+            ran = await loop.run_in_executor(self._executor, self._run_batch, payloads)  # type: ignore[arg-type]
+            if len(ran.results) != len(items):
                 raise BatchFailedError(
-                    f"{self._name}: run_batch returned {len(results)} results "
+                    f"{self._name}: run_batch returned {len(ran.results)} results "
                     f"for {len(items)} requests"
                 )
         except Exception as exc:
@@ -414,24 +430,18 @@ class Batcher(Generic[T, R]):
                 if not item.future.done():
                     item.future.set_exception(error)
         else:
-            for item, result in zip(items, results, strict=True):
+            steps = ran.steps
+            for item, result in zip(items, ran.results, strict=True):
                 if not item.future.done():  # the caller may have gone away meanwhile
                     item.future.set_result(result)
         finally:
             compute_seconds = loop.time() - started
-            stats = self._stats
-            stats.running -= 1
-            stats.runs += 1
-            stats.rows += items_rows
-            stats.queue_seconds += sum(queue_seconds)
-            stats.compute_seconds += compute_seconds
-            stats.last_run_unix = time.time()
-            if failed:
-                stats.failed += len(items)
-            else:
-                stats.succeeded += len(items)
+            self._running_batches -= 1
+            self._running_requests -= len(items)
             self._slots.release()
             self._check_idle()
-        self._observer.batch_finished(
-            BatchRecord(len(items), items_rows, queue_seconds, compute_seconds, failed)
+        self._events.batch_finished(
+            BatchRecord(
+                len(items), rows, queue_seconds, compute_seconds, steps, failed, time.time()
+            )
         )

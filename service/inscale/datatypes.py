@@ -56,13 +56,3 @@ def from_name(name: str) -> DataType | None:
 
 def from_onnx(onnx_type: str) -> DataType | None:
     return BY_ONNX.get(onnx_type)
-
-
-def from_numpy(dtype: np.dtype) -> DataType | None:
-    """The protocol type of an array; strings of any width map to BYTES."""
-    if dtype.kind in ("U", "S", "O"):
-        return BY_NAME["BYTES"]
-    for t in _TABLE:
-        if t.name != "BF16" and t.numpy == dtype:
-            return t
-    return None

@@ -1,8 +1,9 @@
 """Errors raised by the serving core.
 
-They carry no HTTP: the HTTP layer maps each family to a status in one table
-(`service/http/errors.py`). Messages are written for the user who sent the request and
-name the thing that was wrong, so they can be returned as they are.
+They carry no HTTP or gRPC: each protocol maps each family to a status in its own table
+(`inscale/protocols/*/errors.py`, `inscale.http.errors.NATIVE_STATUS`). Messages are written
+for the user who sent the request and name the thing that was wrong, so they can be returned
+as they are.
 """
 
 
@@ -37,7 +38,8 @@ class Unsupported(InscaleError):
 class QueueFull(InscaleError):
     """Back-pressure: the model's queue is at its bound; the client should retry later."""
 
-    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        """`retry_after_s`: the server's `retry_after_s` setting, sent as the retry hint."""
         super().__init__(message)
         self.retry_after_s = retry_after_s
 

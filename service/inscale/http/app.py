@@ -15,13 +15,16 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
 from inscale import __version__
-from inscale.http import model_routes
+from inscale.dataplane import DataPlane
+from inscale.http import data_routes
 from inscale.http.context import AppContext
+from inscale.http.docs import install_docs
 from inscale.http.errors import install_error_handlers
-from inscale.http.fast_path import Endpoint, FastPath
+from inscale.http.fast_path import FastPath
+from inscale.http.native_routes import native_router
 from inscale.http.request_id import RequestIdMiddleware
 from inscale.logs import configure_logging
-from inscale.metrics.http import MetricsMiddleware, metrics_router
+from inscale.metrics.http import MetricsMiddleware
 from inscale.metrics.prometheus import Metrics
 from inscale.models.registry import ModelRegistry
 from inscale.models.repository import ModelRepository
@@ -40,10 +43,14 @@ def create_app(settings: ServerSettings) -> ASGIApp:
         ModelRepository(settings.repository_path()),
         list(settings.providers),
         drain_timeout_s=settings.shutdown_grace_s,
-        observer_factory=metrics.model if metrics else None,
-        on_resolve=metrics.model_resolved if metrics else None,
+        metrics_factory=metrics.model if metrics else None,
     )
-    ctx = AppContext(settings=settings, registry=registry)
+    plane = DataPlane(
+        registry,
+        default_model=settings.resolved_default_model(),
+        retry_after_s=settings.retry_after_s,
+    )
+    ctx = AppContext(settings=settings, plane=plane)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,40 +75,35 @@ def create_app(settings: ServerSettings) -> ASGIApp:
         version=__version__,
         summary="ONNX model serving with dynamic batching",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.include_router(predict.router)
-    app.include_router(model_routes.router)
+    # One table of inference routes: registered in FastAPI (OpenAPI, /docs) and dispatched
+    # by the fast path, which also tells the metrics middleware their templates.
+    inference = (*predict.DATA_ROUTES, *v2_routes.DATA_ROUTES)
+    data_routes.register(app, inference)
+    app.include_router(native_router(metrics, registry))
     app.include_router(v2_routes.router)
+    served: ASGIApp = FastPath(app, inference)
     if metrics is not None:
-        app.include_router(metrics_router(metrics, registry))
-    data_plane_routes: list[tuple[str, str, Endpoint]] = [
-        ("POST", "/predict", predict.predict),
-        (
-            "POST",
-            r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer",
-            v2_routes.infer,
-        ),
-    ]
-    data_plane: ASGIApp = FastPath(app, data_plane_routes)
-    if metrics is not None:
-        # Around everything but the request id (it must sit inside an `async def` layer);
-        # the fast path's routes are the inference routes.
-        data_plane = MetricsMiddleware(data_plane, metrics, data_plane_routes)
-    return RequestIdMiddleware(data_plane)
+        # Around everything but the request id (it must sit inside an `async def` layer).
+        served = MetricsMiddleware(served, metrics)
+    return RequestIdMiddleware(served)
 
 
 async def _initial_load(ctx: AppContext) -> None:
     try:
         if ctx.settings.model_control is ModelControl.ALL:
-            log.info("loading models from %s", ctx.registry.repository.root)
-            await ctx.registry.load_all()
+            log.info("loading models from %s", ctx.plane.registry.repository.root)
+            await ctx.plane.registry.load_all()
     finally:
         ctx.startup_done = True
         _tune_gc()
-    if not ctx.registry.any_ready() and ctx.settings.model_control is ModelControl.ALL:
-        log.error("no model could be loaded from %s", ctx.registry.repository.root)
+    if not ctx.plane.registry.any_ready() and ctx.settings.model_control is ModelControl.ALL:
+        log.error("no model could be loaded from %s", ctx.plane.registry.repository.root)
 
 
 def _tune_gc() -> None:

@@ -1,17 +1,26 @@
-"""The one place where core errors become HTTP statuses and JSON bodies.
+"""How a core error becomes an HTTP response, given a protocol's own status table.
 
-Handlers are found by walking the exception's class hierarchy, so `PayloadTooLarge` (a kind
-of `InvalidInput`) gets its own row while the rest of the family falls back to 400. Bodies
-are always `{"error": "..."}`: clients such as tritonclient fail with an unhelpful message on
-an empty error body. 5xx bodies say only that the server failed, with the request id to find
-the cause in the logs.
+Each protocol keeps its table (core exception -> status) in its own module: `/predict` in
+`inscale.protocols.predict.errors`, V2 in `inscale.protocols.v2.errors`, inscale's own routes
+(`/models`, health, metrics) in `NATIVE_STATUS` here. A route's table is fixed where the route
+is registered (`error_route_class`, and the data-plane route table for the fast path), so no
+status is chosen by looking at the URL.
+
+Statuses are found by walking the exception's class hierarchy, so `PayloadTooLarge` (a kind of
+`InvalidInput`) can have its own row while the rest of the family falls back to the parent's.
+Bodies are always `{"error": "..."}`: clients such as tritonclient fail with an unhelpful
+message on an empty error body. 5xx bodies say only that the server failed, with the request
+id to find the cause in the logs.
 """
 
 import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -31,7 +40,9 @@ from inscale.logs import request_id
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[type[InscaleError], int] = {
+ErrorTable = Mapping[type[InscaleError], int]
+
+NATIVE_STATUS: ErrorTable = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
     ModelNotFound: 404,
@@ -42,16 +53,16 @@ STATUS: dict[type[InscaleError], int] = {
     ModelLoadError: 400,
     ModelExecutionError: 500,
 }
-# The Open Inference Protocol's clients expect Triton's mapping, where a request that timed
-# out in the queue is "unavailable" (503) like a full queue, not a gateway timeout.
-V2_STATUS: dict[type[InscaleError], int] = {**STATUS, DeadlineExceeded: 503}
+# 5xx that describe the request or the server's load rather than a failure: their message
+# is sent as it is. Any other 5xx is logged and answered with the request id only.
+_SAID = (ModelNotReady, QueueFull, DeadlineExceeded, Unsupported)
 
 
 class ClientGone(Exception):
     """The client disconnected while its request waited; nobody will read an answer."""
 
 
-def status_for(exc: InscaleError, table: dict[type[InscaleError], int] = STATUS) -> int:
+def status_for(exc: InscaleError, table: ErrorTable) -> int:
     for cls in type(exc).__mro__:
         if cls in table:
             return table[cls]
@@ -72,28 +83,49 @@ def _server_failed(status: int) -> Response:
     return error_response(status, f"the server failed to handle this request (request id {rid})")
 
 
-def response_for(request: Request, exc: Exception) -> Response:
-    """The response for any exception escaping a route (the data-plane fast path uses it too)."""
+def response_for(request: Request, exc: Exception, table: ErrorTable) -> Response:
+    """The response for an exception escaping a route whose protocol uses `table`."""
     if isinstance(exc, ClientGone):
         # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
         return error_response(499, "client closed the request")
     if not isinstance(exc, InscaleError):
         log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
         return _server_failed(500)
-    status = status_for(exc, V2_STATUS if request.url.path.startswith("/v2/") else STATUS)
-    # These 5xx are about the request or the server's load, not a failure: say what happened.
-    said = ModelNotReady | QueueFull | DeadlineExceeded | Unsupported
-    if status >= 500 and not isinstance(exc, said):
+    status = status_for(exc, table)
+    if status >= 500 and not isinstance(exc, _SAID):
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
         return _server_failed(status)
     headers = None
     if isinstance(exc, QueueFull):
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return error_response(status, exc.message, headers)
 
 
-async def _on_error(request: Request, exc: Exception) -> Response:
-    return response_for(request, exc)
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def error_route_class(table: ErrorTable) -> type[APIRoute]:
+    """A FastAPI route class answering the core's errors with `table` (one per protocol)."""
+
+    class ProtocolRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+
+            async def handle(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except (StarletteHTTPException, RequestValidationError):
+                    raise  # FastAPI's own errors: the app's handlers below
+                except Exception as exc:
+                    return response_for(request, exc, table)
+
+            return handle
+
+    return ProtocolRoute
+
+
+async def _on_native_error(request: Request, exc: Exception) -> Response:
+    return response_for(request, exc, NATIVE_STATUS)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -116,7 +148,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(InscaleError, _on_error)
+    """FastAPI's own errors (no route, bad method, bad parameters), and the native routes'."""
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(Exception, _on_error)
+    app.add_exception_handler(InscaleError, _on_native_error)
+    app.add_exception_handler(Exception, _on_native_error)

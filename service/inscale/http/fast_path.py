@@ -2,58 +2,58 @@
 
 FastAPI's dependency solving and middleware stack cost about 70 microseconds per request
 on these machines (a plain Starlette route: 75 us per request, the same route in FastAPI:
-145 us). For `/predict` and the V2 infer route that would be most of the HTTP budget, so
-this ASGI app matches them first and calls the endpoint with a Starlette `Request`;
-everything else (metadata, health, docs) goes on to the FastAPI app. The endpoints are also
-registered in FastAPI, so they appear in the OpenAPI schema and behave the same either way.
-Errors become responses through the same table as FastAPI's handlers.
+145 us). For the inference routes that would be most of the HTTP budget, so this ASGI app
+matches them first (from the data-plane route table, `inscale.http.data_routes`) and calls the
+endpoint with a Starlette `Request`; everything else (metadata, health, docs) goes on to the
+FastAPI app, where the same endpoints are registered too. It records the matched route's
+template in the scope (`ROUTE_KEY`) for the metrics middleware.
 """
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from inscale.http.data_routes import DataRoute
 from inscale.http.errors import response_for
-
-Endpoint = Callable[[Request], Awaitable[Response]]
+from inscale.metrics.http import ROUTE_KEY  # where the middleware reads the route template
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, routes: list[tuple[str, str, Endpoint]]) -> None:
-        """`routes`: (method, path regex with named groups, endpoint)."""
+    def __init__(self, app: ASGIApp, routes: Sequence[DataRoute]) -> None:
         self.app = app
-        self._exact: dict[tuple[str, str], Endpoint] = {}
-        self._patterns: list[tuple[str, re.Pattern[str], Endpoint]] = []
-        for method, path, endpoint in routes:
-            if re.escape(path) == path:
-                self._exact[(method, path)] = endpoint
+        self._exact: dict[tuple[str, str], DataRoute] = {}
+        self._patterns: list[tuple[re.Pattern[str], DataRoute]] = []
+        for route in routes:
+            pattern = route.pattern()
+            if pattern is None:
+                self._exact[(route.method, route.path)] = route
             else:
-                self._patterns.append((method, re.compile(path + "$"), endpoint))
+                self._patterns.append((pattern, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            endpoint, params = self._match(scope["method"], scope["path"])
-            if endpoint is not None:
+            route, params = self._match(scope["method"], scope["path"])
+            if route is not None:
                 scope["path_params"] = params
                 scope["app"] = self.app  # so request.app.state is the FastAPI app's state
+                scope[ROUTE_KEY] = route.path
                 request = Request(scope, receive, send)
                 try:
-                    response = await endpoint(request)
+                    response = await route.endpoint(request)
                 except Exception as exc:
-                    response = response_for(request, exc)
+                    response = response_for(request, exc, route.errors)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _match(self, method: str, path: str) -> tuple[Endpoint | None, dict[str, str]]:
-        endpoint = self._exact.get((method, path))
-        if endpoint is not None:
-            return endpoint, {}
-        for want, pattern, candidate in self._patterns:
-            if want == method:
+    def _match(self, method: str, path: str) -> tuple[DataRoute | None, dict[str, str]]:
+        route = self._exact.get((method, path))
+        if route is not None:
+            return route, {}
+        for pattern, candidate in self._patterns:
+            if candidate.method == method:
                 found = pattern.match(path)
                 if found:
                     return candidate, found.groupdict()

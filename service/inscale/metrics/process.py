@@ -8,13 +8,12 @@ live workers, CPU seconds and GC counts as counters that add up over all workers
 
 import gc
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+from prometheus_client.multiprocess import mark_process_dead
 
-_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db$")
 _GAUGES: dict[str, Literal["livesum", "livemin"]] = {  # how workers combine
     "process_virtual_memory_bytes": "livesum",
     "process_resident_memory_bytes": "livesum",
@@ -64,15 +63,33 @@ class ProcessPublisher:
             self._last_gc[generation] = now
 
 
-def forget_dead_workers(directory: Path, also: int | None = None) -> None:
-    """Remove the live gauges of workers that are gone (uvicorn restarts a crashed worker)."""
-    for path in directory.iterdir():
-        found = _LIVE_FILE.match(path.name)
-        if found is None:
-            continue
-        pid = int(found.group(1))
-        if pid == also or not _alive(pid):
-            path.unlink(missing_ok=True)
+class WorkerRoster:
+    """The worker processes writing into one multiprocess folder, so that the live gauges of a
+    worker that died (uvicorn restarts a crashed one) stop counting in the sums.
+
+    Each worker leaves a file named by its pid in a subfolder; whoever finds a pid no longer
+    alive hands it to prometheus-client's `mark_process_dead`, which removes its gauge files.
+    """
+
+    def __init__(self, directory: Path, pid: int) -> None:
+        self._directory = directory
+        self._pid = pid
+        self._members = directory / "inscale-workers"
+        self._members.mkdir(exist_ok=True)
+        (self._members / str(pid)).touch()
+
+    def forget_dead(self) -> None:
+        for member in self._members.iterdir():
+            if member.name.isdigit() and not _alive(int(member.name)):
+                self._forget(int(member.name))
+
+    def leave(self) -> None:
+        """At this worker's exit."""
+        self._forget(self._pid)
+
+    def _forget(self, pid: int) -> None:
+        mark_process_dead(pid, str(self._directory))  # type: ignore[no-untyped-call]
+        (self._members / str(pid)).unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -1,23 +1,18 @@
-"""Every Prometheus metric inscale exports, on a registry passed in (never the global one).
+"""Every Prometheus metric family inscale exports, on a registry passed in (never the global).
 
-Per model version, from the batcher (as a `BatchObserver`) and the registry: requests by
-outcome, rows and model runs, queue and compute time, batch size, queue depth and requests in
-flight, load time, state and size. The HTTP middleware adds end-to-end latency and bad input
-per model (see `service/http/metrics_http.py`). The hot path never calls `.labels()`: the
-children of a model version are made once, and observations go to lock-free local tallies
-(`service/tallies.py`) that are flushed into prometheus-client before each scrape.
+Per model version (`inscale.metrics.model`, a consumer of the version's event stream): requests
+by outcome, end-to-end time, rows and model runs, queue and compute time, batch size. Read
+from the registry and the batchers when scraped (`inscale.metrics.state`), so serving pays
+nothing for them: queue depth, requests in flight, state, load time and size. Per HTTP route
+and status: `inscale.metrics.http`. Only prometheus-client's public API is used.
 
-Current values (queue depth, in flight, state) are read from the batchers and the registry
-when scraped, so serving pays nothing for them. With `--workers N` each worker writes its
-values into files in `PROMETHEUS_MULTIPROC_DIR` (prometheus-client's multiprocess mode) and
-flushes and refreshes them every second, so whichever worker answers a scrape reports all.
+With `--workers N` each worker writes its values into files in `PROMETHEUS_MULTIPROC_DIR`
+(prometheus-client's multiprocess mode) and refreshes its current values every second, so
+whichever worker answers a scrape reports all.
 """
 
 import asyncio
-import contextlib
-import enum
 import os
-from contextvars import ContextVar
 from pathlib import Path
 
 from prometheus_client import (
@@ -32,11 +27,10 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from inscale.batcher import BatchRecord, DropReason
 from inscale.metrics.gpu import gpu_collector
-from inscale.metrics.process import ProcessPublisher, forget_dead_workers
+from inscale.metrics.model import ModelMetrics
+from inscale.metrics.process import ProcessPublisher, WorkerRoster
 from inscale.metrics.state import MODEL_LABELS, StateGauges
-from inscale.metrics.tallies import Spread, Tally
 from inscale.models.registry import ModelRegistry
 
 # 100 us to 10 s, about three buckets per decade.
@@ -46,86 +40,6 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SAMPLE_INTERVAL_S = 1.0  # multiprocess mode: how often a worker refreshes its current values
-
-
-class Outcome(enum.StrEnum):
-    """How a request for a model ended: the `outcome` label of `inscale_requests_total`."""
-
-    SUCCESS = "success"
-    REJECTED = "rejected"  # queue full (503)
-    TIMEOUT = "timeout"  # deadline passed while queued (504)
-    BAD_INPUT = "bad_input"  # 400 after the request named a known model
-    MODEL_ERROR = "model_error"  # the model run raised (500)
-    CANCELLED = "cancelled"  # the client went away while queued
-
-
-_DROPPED = {
-    DropReason.REJECTED: Outcome.REJECTED,
-    DropReason.EXPIRED: Outcome.TIMEOUT,
-    DropReason.CANCELLED: Outcome.CANCELLED,
-}
-
-
-class ModelMetrics:
-    """The labelled children of one model version, and its batcher's observer."""
-
-    __slots__ = (
-        "_bad_input",
-        "_batch_size",
-        "_compute",
-        "_dropped",
-        "_duration",
-        "_model_error",
-        "_queue",
-        "_rows",
-        "_runs",
-        "_success",
-    )
-
-    def __init__(self, metrics: "Metrics", labels: tuple[str, str]) -> None:
-        outcomes = {o: metrics.tally(metrics.requests.labels(*labels, o.value)) for o in Outcome}
-        self._success = outcomes[Outcome.SUCCESS]
-        self._model_error = outcomes[Outcome.MODEL_ERROR]
-        self._bad_input = outcomes[Outcome.BAD_INPUT]
-        self._dropped = {reason: outcomes[outcome] for reason, outcome in _DROPPED.items()}
-        self._rows = metrics.tally(metrics.rows.labels(*labels))
-        self._runs = metrics.tally(metrics.runs.labels(*labels))
-        self._duration = metrics.spread(metrics.duration.labels(*labels), LATENCY_BUCKETS)
-        self._queue = metrics.spread(metrics.queue_time.labels(*labels), LATENCY_BUCKETS)
-        self._compute = metrics.spread(metrics.compute_time.labels(*labels), LATENCY_BUCKETS)
-        self._batch_size = metrics.spread(metrics.batch_size.labels(*labels), BATCH_SIZE_BUCKETS)
-
-    # BatchObserver: called on the event loop, once per model run and once per dropped request.
-
-    def batch_finished(self, record: BatchRecord) -> None:
-        self._runs.inc()
-        self._rows.inc(record.rows)
-        self._batch_size.observe(record.rows)
-        self._compute.observe(record.compute_seconds)
-        observe = self._queue.observe
-        for seconds in record.queue_seconds:
-            observe(seconds)
-        (self._model_error if record.failed else self._success).inc(record.requests)
-
-    def request_dropped(self, reason: DropReason) -> None:
-        self._dropped[reason].inc()
-
-    # Called by the HTTP middleware when an inference request for this version is answered.
-
-    def request_answered(self, status: int, seconds: float) -> None:
-        if status < 400:
-            self._duration.observe(seconds)
-        elif status == 400:
-            self._bad_input.inc()
-
-
-class Exchange:
-    """One HTTP request in progress: the model version it resolved to, if any."""
-
-    __slots__ = ("model",)
-
-    def __init__(self) -> None:
-        self.model: ModelMetrics | None = None
 
 
 class Metrics:
@@ -138,10 +52,7 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry
         self.multiprocess_dir = multiprocess_dir
-        # Set by the HTTP middleware for each request, filled in by `model_resolved`.
-        self.exchange: ContextVar[Exchange | None] = ContextVar("inscale_exchange", default=None)
         self._models: dict[tuple[str, int], ModelMetrics] = {}
-        self._pending: list[Tally | Spread] = []
         labels = MODEL_LABELS
         self.requests = Counter(
             "inscale_requests",
@@ -161,8 +72,8 @@ class Metrics:
         )
         self.duration = Histogram(
             "inscale_request_duration_seconds",
-            "End-to-end time of answered inference requests, from the first byte read "
-            "to the last byte sent.",
+            "End-to-end time of answered inference requests, from their arrival at the "
+            "protocol layer to their result (any protocol).",
             labels,
             registry=registry,
             buckets=LATENCY_BUCKETS,
@@ -208,54 +119,44 @@ class Metrics:
             PlatformCollector(registry=registry)
             self._exposition = registry
             self._process: ProcessPublisher | None = None
+            self._roster: WorkerRoster | None = None
         else:
             # The values live in files; a registry of its own reads them all at each scrape.
             self._exposition = CollectorRegistry()
             MultiProcessCollector(self._exposition, str(multiprocess_dir))  # type: ignore[no-untyped-call]
             PlatformCollector(registry=self._exposition)
             self._process = ProcessPublisher(registry)
+            self._roster = WorkerRoster(multiprocess_dir, os.getpid())
         gpu = gpu_collector()
         if gpu is not None:  # device-wide, not per process: asked live at each scrape
             self._exposition.register(gpu)
 
-    def tally(self, child: Counter) -> Tally:
-        found = Tally(child)
-        self._pending.append(found)
-        return found
-
-    def spread(self, child: Histogram, bounds: tuple[float, ...]) -> Spread:
-        found = Spread(child, bounds)
-        self._pending.append(found)
-        return found
-
-    def http(self, method: str, route: str, status: str) -> tuple[Tally, Spread]:
+    def http(self, method: str, route: str, status: str) -> tuple[Counter, Histogram]:
         """The children for one HTTP label set; the middleware keeps them."""
         return (
-            self.tally(self.http_requests.labels(method, route, status)),
-            self.spread(self.http_duration.labels(method, route, status), LATENCY_BUCKETS),
+            self.http_requests.labels(method, route, status),
+            self.http_duration.labels(method, route, status),
         )
 
-    def flush(self) -> None:
-        """Hand the counts gathered on the hot path to prometheus-client (on the event loop)."""
-        for pending in self._pending:
-            pending.flush()
-
     def model(self, name: str, version: int) -> ModelMetrics:
-        """The children for a model version (also the registry's batch observer factory)."""
+        """The consumer of a version's events (the registry's metrics factory); one per
+        version, kept across reloads so its series carry on."""
         found = self._models.get((name, version))
         if found is None:
-            found = self._models[(name, version)] = ModelMetrics(self, (name, str(version)))
+            found = self._models[(name, version)] = ModelMetrics(
+                (name, str(version)),
+                requests=self.requests,
+                rows=self.rows,
+                runs=self.runs,
+                duration=self.duration,
+                queue_time=self.queue_time,
+                compute_time=self.compute_time,
+                batch_size=self.batch_size,
+            )
         return found
-
-    def model_resolved(self, name: str, version: int) -> None:
-        """Registry hook: the HTTP request in progress, if any, is for this model version."""
-        exchange = self.exchange.get()
-        if exchange is not None:
-            exchange.model = self.model(name, version)
 
     def sample(self, models: ModelRegistry) -> None:
         """Refresh this process's current values from the batchers and the registry."""
-        self.flush()
         self._state.sample(models)
         if self._process is not None:
             self._process.publish()
@@ -267,16 +168,14 @@ class Metrics:
 
     async def refresh_forever(self, models: ModelRegistry) -> None:
         """Multiprocess mode only: keep this worker's files current for the other workers."""
-        if self.multiprocess_dir is None:
+        if self._roster is None:
             return
         while True:
             self.sample(models)
-            forget_dead_workers(self.multiprocess_dir)
+            self._roster.forget_dead()
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     def close(self) -> None:
-        """At worker exit: count what is pending; live gauges stop counting in the sums."""
-        self.flush()
-        if self.multiprocess_dir is not None:
-            with contextlib.suppress(OSError):
-                forget_dead_workers(self.multiprocess_dir, also=os.getpid())
+        """At worker exit: this worker's live gauges stop counting in the sums."""
+        if self._roster is not None:
+            self._roster.leave()

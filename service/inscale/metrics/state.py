@@ -86,14 +86,13 @@ class StateGauges:
                     self.state.labels(*key, state.value).set(entry.state is state)
                 self.load_seconds.labels(*key).set(entry.load_seconds)
                 self.size.labels(*key).set(entry.size_bytes)
-                runner = entry.runner
-                if runner is None:
+                model = entry.model
+                if model is None:
                     continue
-                stats = runner.batcher_stats()
-                done = stats.succeeded + stats.failed + stats.expired + stats.cancelled
-                self.queued.labels(*key).set(stats.queued)
-                self.in_flight.labels(*key).set(max(0, stats.submitted - done))
-                self.capacity.labels(*key).set(runner.config.batching.max_queue_size)
+                load = model.load()
+                self.queued.labels(*key).set(load.queued)
+                self.in_flight.labels(*key).set(load.in_flight)
+                self.capacity.labels(*key).set(model.config.batching.max_queue_size)
         for key in self._seen - seen:  # unloaded: zero first, so multiprocess sums drop it
             for gauge in (self.queued, self.capacity, self.in_flight, self.load_seconds, self.size):
                 with contextlib.suppress(KeyError):

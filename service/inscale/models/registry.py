@@ -1,4 +1,4 @@
-"""Models loaded in this process: their versions, states, and the runners that serve them.
+"""Models loaded in this process: their versions, states, and the `ModelVersion`s that serve them.
 
 Loading a new version serves the old one until the new one is warm; unloading drains the
 requests a version already accepted before its sessions are dropped. A model that fails to
@@ -14,15 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from inscale.batcher import BatchObserver
 from inscale.errors import InscaleError, ModelLoadError, ModelNotFound, ModelNotReady
+from inscale.events import ModelEvents
+from inscale.models.loading import load_version
 from inscale.models.repository import ModelRepository, ModelSource
-from inscale.models.version import ModelRunner, load_runner
+from inscale.models.version import ModelVersion
 
 log = logging.getLogger(__name__)
 
-ObserverFactory = Callable[[str, int], BatchObserver | None]
-ResolveHook = Callable[[str, int], None]
+# Makes the Prometheus consumer of a model version's events (None: metrics are off).
+MetricsFactory = Callable[[str, int], ModelEvents]
 
 
 class ModelState(enum.StrEnum):
@@ -36,7 +37,7 @@ class ModelState(enum.StrEnum):
 class VersionEntry:
     version: int
     state: ModelState
-    runner: ModelRunner | None = None
+    model: ModelVersion | None = None
     reason: str = ""
     load_seconds: float = 0.0
     size_bytes: int = 0  # the version's files on disk
@@ -49,22 +50,19 @@ class ModelRegistry:
         default_providers: list[str],
         *,
         drain_timeout_s: float,
-        observer_factory: ObserverFactory | None = None,
-        on_resolve: ResolveHook | None = None,
+        metrics_factory: MetricsFactory | None = None,
     ) -> None:
-        """`on_resolve(name, version)` runs whenever `get` hands out a runner (for metrics)."""
         self.repository = repository
         self._providers = default_providers
         self._drain_timeout_s = drain_timeout_s
-        self._observer_factory = observer_factory
-        self._on_resolve = on_resolve
+        self._metrics_factory = metrics_factory
         self._models: dict[str, dict[int, VersionEntry]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- lookups (hot path) ----------------------------------------------------------------
 
-    def get(self, name: str, version: int | None = None) -> ModelRunner:
-        """The runner for a version, or the newest ready version when none is given."""
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """The model version asked for, or the newest ready version when none is given."""
         versions = self._models.get(name)
         if versions is None:
             raise ModelNotFound(f"unknown model '{name}'")
@@ -84,14 +82,12 @@ class ModelRegistry:
             if found is None:
                 raise ModelNotFound(f"model '{name}' has no version {version}")
             entry = found
-        if entry.state is not ModelState.READY or entry.runner is None:
+        if entry.state is not ModelState.READY or entry.model is None:
             detail = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(
                 f"model '{name}' version {entry.version} is {entry.state.value}{detail}"
             )
-        if self._on_resolve is not None:
-            self._on_resolve(name, entry.version)
-        return entry.runner
+        return entry.model
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -153,38 +149,38 @@ class ModelRegistry:
     ) -> str | None:
         assert source.config is not None
         previous = versions.get(version)
-        if previous is None or previous.runner is None:
+        if previous is None or previous.model is None:
             versions[version] = VersionEntry(version, ModelState.LOADING)
-        observer = self._observer_factory(source.name, version) if self._observer_factory else None
+        metrics = self._metrics_factory(source.name, version) if self._metrics_factory else None
         started = time.monotonic()
         try:
-            runner = await asyncio.to_thread(
-                load_runner,
+            model = await asyncio.to_thread(
+                load_version,
                 source.name,
                 version,
                 source.model_path(version),
                 source.config,
                 self._providers,
-                observer,
+                metrics,
             )
         except Exception as exc:
             reason = (
                 exc.message if isinstance(exc, InscaleError) else f"{type(exc).__name__}: {exc}"
             )
             log.error("model %s version %d failed to load: %s", source.name, version, reason)
-            if previous is None or previous.runner is None:
+            if previous is None or previous.model is None:
                 versions[version] = VersionEntry(version, ModelState.UNAVAILABLE, reason=reason)
             return f"version {version}: {reason}"
-        runner.start()
+        model.start()
         versions[version] = VersionEntry(
             version,
             ModelState.READY,
-            runner,
+            model,
             load_seconds=time.monotonic() - started,
             size_bytes=_size_on_disk(source.model_path(version).parent),
         )
-        if previous is not None and previous.runner is not None:
-            await self._retire(previous.runner)  # the new runner already takes requests
+        if previous is not None and previous.model is not None:
+            await self._retire(previous.model)  # the new version already takes requests
         return None
 
     async def unload(self, name: str) -> None:
@@ -201,24 +197,22 @@ class ModelRegistry:
     ) -> None:
         entry = versions[version]
         entry.state = ModelState.UNLOADING
-        if entry.runner is not None:
-            await self._retire(entry.runner)
+        if entry.model is not None:
+            await self._retire(entry.model)
         del versions[version]
         log.info("unloaded model %s version %d", name, version)
 
-    async def _retire(self, runner: ModelRunner) -> None:
-        if not await runner.drain(self._drain_timeout_s):
-            log.warning("model %s:%d did not drain in time", runner.name, runner.version)
-        await runner.close()
+    async def _retire(self, model: ModelVersion) -> None:
+        if not await model.drain(self._drain_timeout_s):
+            log.warning("model %s:%d did not drain in time", model.name, model.version)
+        await model.close()
 
     async def shutdown(self) -> None:
-        """Drain every runner (they refuse new requests at once), then close them."""
-        runners = [
-            e.runner for v in self._models.values() for e in v.values() if e.runner is not None
-        ]
+        """Drain every version (they refuse new requests at once), then close them."""
+        models = [e.model for v in self._models.values() for e in v.values() if e.model is not None]
         for entry in (e for v in self._models.values() for e in v.values()):
             entry.state = ModelState.UNLOADING
-        await asyncio.gather(*(self._retire(r) for r in runners))
+        await asyncio.gather(*(self._retire(m) for m in models))
 
 
 def _size_on_disk(folder: Path) -> int:

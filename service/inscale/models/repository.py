@@ -1,8 +1,8 @@
 """Models on disk: a folder per model, numbered version folders holding `model.onnx`.
 
 This module only reads the folder and decides what would be loaded; loading is the
-registry's job. `inscale models` prints what `scan` finds, so a user can see why a model
-would not load without starting the server.
+registry's job. `inscale models` prints what `describe` finds for each model, so a user can
+see why a model would not load without starting the server.
 """
 
 import re
@@ -47,9 +47,6 @@ class ModelRepository:
         return sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and _PLAIN_NAME.match(p.name)
         )
-
-    def scan(self) -> list[ModelSource]:
-        return [self.describe(name) for name in self.names()]
 
     def describe(self, name: str) -> ModelSource:
         check_model_name(name)

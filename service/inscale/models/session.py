@@ -32,7 +32,7 @@ _EXEC_MODES = {
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
+class OrtSession:
     """One loaded ONNX Runtime session and the providers it really runs on."""
 
     inner: ort.InferenceSession
@@ -65,7 +65,7 @@ def open_session(
     path: Path,
     config: RuntimeConfig,
     requested: list[tuple[str, dict[str, object]]],
-) -> Session:
+) -> OrtSession:
     """Create a session on the first usable provider, retrying on CPU if the accelerator fails.
 
     A GPU provider can fail at creation (driver or library missing) or be silently dropped by
@@ -88,7 +88,7 @@ def open_session(
     wanted = chosen[0].name
     if in_use[0] != wanted:
         log.warning("%s: asked for %s, running on %s", path, wanted, in_use[0])
-    return Session(inner, in_use, tuple(o.name for o in inner.get_outputs()))
+    return OrtSession(inner, in_use, tuple(o.name for o in inner.get_outputs()))
 
 
 def _create(

@@ -1,8 +1,12 @@
-"""JSON values (nested lists) to numpy arrays of a declared dtype, and arrays back to JSON.
+"""JSON for every protocol: parsing a body's object, values (nested lists) to numpy arrays of a
+declared dtype, and documents with arrays back to bytes.
 
 The conversion is one `numpy.array` call plus a check of the element kind: no per-element
 Python work, and no silent truncation (1.5 for an integer input is an error, not 1).
 """
+
+import json
+from typing import Any
 
 import numpy as np
 import orjson
@@ -21,6 +25,31 @@ _ACCEPTS = {
 _KIND_WORDS = {"f": "numbers", "i": "integers", "u": "integers", "b": "booleans", "O": "strings"}
 # numpy makes an object array of anything it cannot type: null, objects, mixed values.
 _GOT_WORDS = {**_KIND_WORDS, "U": "strings", "O": "null, objects or mixed values"}
+
+
+def parse_object(
+    text: bytes, what: str, expected: str = "a JSON object", *, nan_words: bool = False
+) -> dict[str, Any]:
+    """A JSON object from a body (or a body's JSON header); `what` names it in messages.
+
+    `nan_words`: also read bare NaN and Infinity, which strict JSON has not.
+    """
+    if not text.strip():
+        raise InvalidInput(f"{what} is empty; {expected} is expected")
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        # Triton's JSON, and perf_analyzer's, writes NaN and Infinity as bare words; the
+        # standard library reads them (slower, so only when orjson could not).
+        if not nan_words or (b"NaN" not in text and b"Infinity" not in text):
+            raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{what} must be {expected}")
+    return document
 
 
 def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:

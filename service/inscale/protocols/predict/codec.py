@@ -12,8 +12,8 @@ from typing import Any
 
 from inscale.batch_arrays import Arrays
 from inscale.errors import InvalidInput
-from inscale.models.signature import Signature
-from inscale.protocols.json_values import dumps, to_array
+from inscale.protocols.json_values import dumps, parse_object, to_array
+from inscale.validation import InputRules, input_spec
 
 _FIELDS = frozenset({"model", "version", "timeout_ms", "inputs"})
 
@@ -26,9 +26,8 @@ class PredictRequest:
     inputs: Any  # the raw JSON value, converted once the model (so the dtypes) is known
 
 
-def parse_request(document: object) -> PredictRequest:
-    if not isinstance(document, dict):
-        raise InvalidInput('the body must be a JSON object with an "inputs" field')
+def parse_request(body: bytes) -> PredictRequest:
+    document = parse_object(body, "the request body", 'a JSON object with an "inputs" field')
     unknown = sorted(set(document) - _FIELDS)
     if unknown:
         raise InvalidInput(f"unknown field '{unknown[0]}' (expected: {', '.join(sorted(_FIELDS))})")
@@ -65,24 +64,22 @@ def _timeout(value: object) -> float | None:
     return float(value) / 1000
 
 
-def to_arrays(raw: object, signature: Signature) -> Arrays:
+def to_arrays(raw: object, rules: InputRules) -> Arrays:
     """Convert the request's inputs to arrays of the model's declared dtypes."""
     if isinstance(raw, dict):
         arrays: Arrays = {}
         for name, value in raw.items():
-            spec = signature.input(name)
-            if spec is None:
-                expected = ", ".join(s.name for s in signature.inputs)
-                raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {expected}")
+            spec = input_spec(rules, name)
             arrays[name] = to_array(name, value, spec.datatype.numpy)
         return arrays
     if isinstance(raw, list):
-        if len(signature.inputs) != 1:
-            names = ", ".join(s.name for s in signature.inputs)
+        inputs = rules.signature.inputs
+        if len(inputs) != 1:
+            names = ", ".join(s.name for s in inputs)
             raise InvalidInput(
                 f'this model has several inputs ({names}); send "inputs" as an object by name'
             )
-        spec = signature.inputs[0]
+        spec = input_spec(rules, inputs[0].name)
         return {spec.name: to_array(spec.name, raw, spec.datatype.numpy)}
     raise InvalidInput('"inputs" must be an array or an object mapping input names to arrays')
 

@@ -1,13 +1,16 @@
-"""`POST /predict`: the simple JSON endpoint. HTTP -> decode -> runner -> encode."""
+"""`POST /predict`: the simple JSON endpoint. Read -> decode -> data plane -> encode."""
 
-from fastapi import APIRouter, Request
+import time
+
+from starlette.requests import Request
 from starlette.responses import Response
 
-from inscale.http.body import infer_while_connected, parse_json, read_body
+from inscale.http.body import read_body
 from inscale.http.context import context
-from inscale.protocols.predict import codec as predict_codec
-
-router = APIRouter()
+from inscale.http.data_routes import DataRoute
+from inscale.http.disconnect import infer_while_connected
+from inscale.protocols.predict import codec
+from inscale.protocols.predict.errors import PREDICT_STATUS
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -31,15 +34,28 @@ _OPENAPI_BODY = {
 }
 
 
-@router.post("/predict", openapi_extra=_OPENAPI_BODY, summary="Run a model on one or more rows")
 async def predict(request: Request) -> Response:
+    started = time.perf_counter()
     ctx = context(request)
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    parsed = predict_codec.parse_request(parse_json(body))
-    runner = ctx.registry.get(ctx.model_name(parsed.model), parsed.version)
-    arrays = predict_codec.to_arrays(parsed.inputs, runner.signature)
-    outputs = await infer_while_connected(request, runner, arrays, parsed.timeout_s)
-    return Response(
-        predict_codec.encode_response(runner.name, runner.version, outputs),
-        media_type="application/json",
+    plane = ctx.plane
+    parsed = codec.parse_request(await read_body(request, ctx.settings.max_body_bytes))
+    model = plane.model(parsed.model, parsed.version)
+    arrays = plane.decode(model, lambda rules: codec.to_arrays(parsed.inputs, rules))
+    outputs = await infer_while_connected(
+        request, plane, model, arrays, started=started, timeout_s=parsed.timeout_s
     )
+    return Response(
+        codec.encode_response(model.name, model.version, outputs), media_type="application/json"
+    )
+
+
+DATA_ROUTES = (
+    DataRoute(
+        "POST",
+        "/predict",
+        predict,
+        PREDICT_STATUS,
+        "Run a model on one or more rows",
+        _OPENAPI_BODY,
+    ),
+)

@@ -6,12 +6,12 @@ header says where the JSON ends. Without that header the body is all JSON. With 
 the body is one raw tensor for a single-input model, batch 1, and every output comes back
 binary. Responses mirror the request: binary outputs follow the JSON header.
 
-Decoding checks everything the wire can get wrong (names, datatypes, sizes, element counts,
-lengths) before an array is made. Dims against the model's are checked by the runner's
-`check_inputs`, which also runs before anything is queued.
+Decoding checks everything the wire can get wrong (sizes, element counts, lengths) before an
+array is made, and asks `inscale.validation.input_spec` which model input each tensor is and
+whether its datatype is the model's. Dims against the model's, and completeness, are checked
+by the data plane, also before anything is queued.
 """
 
-import json
 import math
 import zlib
 from dataclasses import dataclass
@@ -22,9 +22,10 @@ import orjson
 from inscale.batch_arrays import Arrays
 from inscale.datatypes import BY_NAME, DataType, from_name
 from inscale.errors import InvalidInput, PayloadTooLarge, Unsupported
-from inscale.models.signature import Signature, TensorSpec
-from inscale.protocols.json_values import dumps
+from inscale.protocols.json_values import dumps, parse_object
 from inscale.protocols.v2 import tensors
+from inscale.signature import Signature, TensorSpec, shape_text
+from inscale.validation import InputRules, input_spec
 
 HEADER_LENGTH = "inference-header-content-length"
 _DATATYPES = ", ".join(BY_NAME)
@@ -72,18 +73,22 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
-def decode_request(body: bytes, header_length: int | None, signature: Signature) -> InferRequest:
+def decode_request(body: bytes, header_length: int | None, rules: InputRules) -> InferRequest:
+    signature = rules.signature
     if header_length == 0:
-        return _raw_request(body, signature)
+        return _raw_request(body, rules)
     if header_length is not None and header_length > len(body):
         raise InvalidInput(
             f"Inference-Header-Content-Length is {header_length} but the body has only "
             f"{len(body)} bytes"
         )
-    if not body:
-        raise InvalidInput('the request body is empty; a JSON object with "inputs" is expected')
     end = len(body) if header_length is None else header_length
-    document = _load_json(body if end == len(body) else body[:end])
+    document = parse_object(
+        body if end == len(body) else body[:end],
+        "the request body" if header_length is None else "the JSON header",
+        'a JSON object with "inputs"',
+        nan_words=True,
+    )
     binary = memoryview(body)[end:]
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -92,13 +97,9 @@ def decode_request(body: bytes, header_length: int | None, signature: Signature)
     offset = 0
     for position, item in enumerate(inputs):
         name, datatype, shape, params = _tensor_header(item, position)
-        spec = signature.input(name)
-        if spec is None:
-            expected = ", ".join(s.name for s in signature.inputs)
-            raise InvalidInput(f"unknown input '{name}'; the model's inputs are: {expected}")
+        input_spec(rules, name, datatype)
         if name in arrays:
             raise InvalidInput(f"input '{name}' appears twice")
-        _check_datatype(spec, datatype)
         if "shared_memory_region" in params:
             raise Unsupported(f"input '{name}': shared memory is not supported")
         if "binary_data_size" in params:
@@ -169,23 +170,6 @@ def encode_response(
 # -- pieces of a request -------------------------------------------------------------------
 
 
-def _load_json(text: bytes) -> dict[str, Any]:
-    try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        # Triton's JSON, and perf_analyzer's, writes NaN and Infinity as bare words; the
-        # standard library reads them (slower, so only when orjson could not).
-        if b"NaN" not in text and b"Infinity" not in text:
-            raise InvalidInput(f"the JSON header is not valid JSON: {exc}") from exc
-        try:
-            document = json.loads(text)
-        except ValueError:
-            raise InvalidInput(f"the JSON header is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidInput('the JSON header must be an object with "inputs"')
-    return document
-
-
 def _tensor_header(item: object, position: int) -> tuple[str, DataType, list[int], dict[str, Any]]:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise InvalidInput(f'inputs[{position}] must be an object with a string "name"')
@@ -203,15 +187,6 @@ def _tensor_header(item: object, position: int) -> tuple[str, DataType, list[int
     ):
         raise InvalidInput(f"input '{name}': \"shape\" must be an array of non-negative integers")
     return name, datatype, shape, _parameters(item.get("parameters"), f"input '{name}'")
-
-
-def _check_datatype(spec: TensorSpec, datatype: DataType) -> None:
-    if datatype.name == spec.datatype.name:
-        return  # BF16 to a BF16 input passes here; the runner answers that it cannot run it
-    hint = "; this model cannot take BF16" if datatype.name == "BF16" else ""
-    raise InvalidInput(
-        f"input '{spec.name}': expected datatype {spec.datatype.name}, got {datatype.name}{hint}"
-    )
 
 
 def _requested_outputs(
@@ -281,14 +256,15 @@ def _request_id(value: object) -> str | None:
 # -- a raw body: one tensor, no JSON -------------------------------------------------------
 
 
-def _raw_request(body: bytes, signature: Signature) -> InferRequest:
+def _raw_request(body: bytes, rules: InputRules) -> InferRequest:
+    signature = rules.signature
     if len(signature.inputs) != 1:
         names = ", ".join(s.name for s in signature.inputs)
         raise InvalidInput(
             "a raw binary body (Inference-Header-Content-Length: 0) needs a model with exactly "
             f"one input; this one has {len(signature.inputs)} ({names})"
         )
-    spec = signature.inputs[0]
+    spec = input_spec(rules, signature.inputs[0].name)
     data = memoryview(body)
     shape = _raw_shape(spec, data, signature.batchable)
     array = tensors.from_binary(spec.name, spec.datatype, shape, data)
@@ -315,7 +291,7 @@ def _raw_shape(spec: TensorSpec, data: memoryview, batchable: bool) -> list[int]
     known = math.prod(d for d in dims if d is not None)
     if len(unknown) > 1:
         raise InvalidInput(
-            f"input '{spec.name}' has shape {spec.shape_text()}: a raw binary body cannot say "
+            f"input '{spec.name}' has shape {shape_text(spec.shape)}: a raw binary body cannot say "
             "how long each variable dim is; send a JSON header with the shape"
         )
     if unknown and known and elements % known == 0:
@@ -324,6 +300,6 @@ def _raw_shape(spec: TensorSpec, data: memoryview, batchable: bool) -> list[int]
     if len(resolved) != len(dims) or math.prod(resolved) != elements:
         raise InvalidInput(
             f"input '{spec.name}': the raw body holds {elements} {spec.datatype.name} elements, "
-            f"which do not fill shape {spec.shape_text()} with batch 1"
+            f"which do not fill shape {shape_text(spec.shape)} with batch 1"
         )
     return resolved

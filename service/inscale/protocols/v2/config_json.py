@@ -9,35 +9,31 @@ server really merges requests.
 from typing import Any
 
 from inscale.models.providers import CPU
-from inscale.models.signature import TensorSpec
-from inscale.models.version import ModelRunner
+from inscale.models.version import ModelVersion
+from inscale.signature import TensorSpec
 
 PLATFORM = "onnxruntime_onnx"
 
 
-def _dims(spec: TensorSpec) -> list[int]:
-    return [-1 if d is None else d for d in spec.shape]
-
-
-def model_metadata(runner: ModelRunner, ready_versions: list[int]) -> dict[str, Any]:
+def model_metadata(model: ModelVersion, ready_versions: list[int]) -> dict[str, Any]:
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        return {"name": spec.name, "datatype": spec.datatype.name, "shape": _dims(spec)}
+        return {"name": spec.name, "datatype": spec.datatype.name, "shape": spec.dims}
 
     return {
-        "name": runner.name,
+        "name": model.name,
         "versions": [str(v) for v in ready_versions],
         "platform": PLATFORM,
-        "inputs": [tensor(s) for s in runner.signature.inputs],
-        "outputs": [tensor(s) for s in runner.signature.outputs],
+        "inputs": [tensor(s) for s in model.signature.inputs],
+        "outputs": [tensor(s) for s in model.signature.outputs],
     }
 
 
-def model_config(runner: ModelRunner) -> dict[str, Any]:
-    batchable = runner.signature.batchable
-    config = runner.config
+def model_config(model: ModelVersion) -> dict[str, Any]:
+    batchable = model.signature.batchable
+    config = model.config
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
-        dims = _dims(spec)
+        dims = spec.dims
         return {
             "name": spec.name,
             "data_type": spec.datatype.config_name,
@@ -53,23 +49,23 @@ def model_config(runner: ModelRunner) -> dict[str, Any]:
         else {"specific": {"versions": list(policy)}}
     )
     document: dict[str, Any] = {
-        "name": runner.name,
+        "name": model.name,
         "platform": PLATFORM,
         "backend": "onnxruntime",
         "version_policy": version_policy,
-        "max_batch_size": runner.max_rows if batchable else 0,
-        "input": [tensor(s) for s in runner.signature.inputs],
-        "output": [tensor(s) for s in runner.signature.outputs],
+        "max_batch_size": model.max_rows if batchable else 0,
+        "input": [tensor(s) for s in model.signature.inputs],
+        "output": [tensor(s) for s in model.signature.outputs],
         "instance_group": [
             {
-                "name": runner.name,
-                "kind": "KIND_CPU" if runner.providers[0] == CPU else "KIND_GPU",
+                "name": model.name,
+                "kind": "KIND_CPU" if model.providers[0] == CPU else "KIND_GPU",
                 "count": config.instances,
             }
         ],
         "model_transaction_policy": {"decoupled": False},
     }
-    if runner.batching:
+    if model.batching:
         batching = config.batching
         document["dynamic_batching"] = {
             "max_queue_delay_microseconds": round(batching.max_queue_delay_ms * 1000),

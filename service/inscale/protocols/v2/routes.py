@@ -1,30 +1,36 @@
 """The Open Inference Protocol (KServe V2) over HTTP: the routes, in the protocol's order.
 
-Each route reads the request, asks the core (registry, runner) and encodes the answer; the
-protocol's formats live in `codec`, `config_json` and `stats`. Errors are the core's
-exceptions, mapped to statuses in `service/http/errors.py` like every other route's.
-
-`infer` is also dispatched by the fast path (`service/http/fast_path.py`), which passes only
-the request: path parameters are read from `request.path_params` on every route.
+Each route reads the request, asks the core (the data plane and its registry) and encodes the
+answer; the protocol's formats live in `codec`, `config_json` and `stats`, its statuses in
+`errors` (every route here answers with that table). The infer routes are rows of the
+data-plane route table (`DATA_ROUTES`), so the fast path dispatches them too: path parameters
+are read from `request.path_params` on every route.
 """
 
+import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from inscale import __version__
 from inscale.errors import InvalidInput, ModelNotFound, Unsupported
-from inscale.http.body import infer_while_connected, read_body
+from inscale.http import health
+from inscale.http.body import read_body
 from inscale.http.context import context
+from inscale.http.data_routes import DataRoute
+from inscale.http.disconnect import infer_while_connected
+from inscale.http.errors import error_route_class
+from inscale.http.responses import json_response
 from inscale.models.registry import ModelRegistry, ModelState
 from inscale.models.repository import check_model_name
-from inscale.models.version import ModelRunner
-from inscale.protocols.json_values import dumps
+from inscale.models.version import ModelVersion
+from inscale.protocols.json_values import parse_object
 from inscale.protocols.v2 import codec, config_json, stats
+from inscale.protocols.v2.errors import V2_STATUS
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (V2)"])
+TAG = "Open Inference Protocol (V2)"
+router = APIRouter(prefix="/v2", tags=[TAG], route_class=error_route_class(V2_STATUS))
 
 # Only what is implemented. `parameters`: request and tensor parameters are read (timeout,
 # priority, binary_data_output, binary_data, binary_data_size).
@@ -60,10 +66,6 @@ _INFER_BODY = {
 }
 
 
-def _json(document: object, status: int = 200) -> Response:
-    return Response(dumps(document), status_code=status, media_type="application/json")
-
-
 def _version(request: Request) -> int | None:
     text = request.path_params.get("version")
     if text is None or text == "":
@@ -73,22 +75,14 @@ def _version(request: Request) -> int | None:
     return int(text)
 
 
-def _runner(request: Request) -> ModelRunner:
-    return context(request).registry.get(request.path_params["name"], _version(request))
+def _model(request: Request) -> ModelVersion:
+    return context(request).plane.model(request.path_params["name"], _version(request))
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
     """An optional JSON object body: empty, `{}`, or carrying `parameters`."""
     body = await read_body(request, context(request).settings.max_body_bytes)
-    if not body.strip():
-        return {}
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidInput("the body must be a JSON object")
-    return document
+    return parse_object(body, "the body") if body.strip() else {}
 
 
 # -- server -----------------------------------------------------------------------------
@@ -96,18 +90,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 @router.get("", summary="Server metadata and the protocol extensions it implements")
 async def server_metadata() -> Response:
-    return _json({"name": "inscale", "version": __version__, "extensions": list(EXTENSIONS)})
+    return json_response(
+        {"name": "inscale", "version": __version__, "extensions": list(EXTENSIONS)}
+    )
 
 
-@router.get("/health/live", summary="The server process is up")
-async def server_live() -> Response:
-    return _json({"live": True})
-
-
-@router.get("/health/ready", summary="The server accepts inference requests")
-async def server_ready(request: Request) -> Response:
-    is_ready = context(request).ready()
-    return _json({"ready": is_ready}, 200 if is_ready else 503)
+router.add_api_route("/health/live", health.live, methods=["GET"], summary=health.live.__doc__)
+router.add_api_route("/health/ready", health.ready, methods=["GET"], summary=health.ready.__doc__)
 
 
 # -- models (stats first: `/models/stats` must not be read as a model named "stats") -------
@@ -117,62 +106,64 @@ async def server_ready(request: Request) -> Response:
 @router.get(MODEL + "/stats", summary="Statistics of a model's loaded versions")
 @router.get(VERSION + "/stats", summary="Statistics of one model version")
 async def model_statistics(request: Request) -> Response:
-    registry = context(request).registry
+    registry = context(request).plane.registry
     name = request.path_params.get("name")
     if name is None:
-        runners = [r for n in registry.names() for r in _loaded(registry, n)]
+        models = [m for n in registry.names() for m in _loaded(registry, n)]
     elif _version(request) is not None:
-        runners = [_runner(request)]
+        models = [_model(request)]
     else:
-        runners = _loaded(registry, name)
-    return _json({"model_stats": [stats.model_stats(r) for r in runners]})
+        models = _loaded(registry, name)
+    return json_response({"model_stats": [stats.model_stats(m) for m in models]})
 
 
-def _loaded(registry: ModelRegistry, name: str) -> list[ModelRunner]:
-    return [e.runner for e in registry.entries(name) if e.runner is not None]
+def _loaded(registry: ModelRegistry, name: str) -> list[ModelVersion]:
+    return [e.model for e in registry.entries(name) if e.model is not None]
 
 
 @router.get(MODEL + "/ready", summary="The model's newest version can serve")
 @router.get(VERSION + "/ready", summary="This model version can serve")
 async def model_ready(request: Request) -> Response:
-    runner = _runner(request)  # 404 if unknown, 503 if not ready
-    return _json({"name": runner.name, "version": str(runner.version), "ready": True})
+    model = _model(request)  # 404 if unknown, 503 if not ready
+    return json_response({"name": model.name, "version": str(model.version), "ready": True})
 
 
 @router.get(MODEL, summary="Model metadata: versions, platform, inputs and outputs")
 @router.get(VERSION, summary="Model metadata of one version")
 async def model_metadata(request: Request) -> Response:
-    runner = _runner(request)
+    model = _model(request)
     ready = [
         e.version
-        for e in context(request).registry.entries(runner.name)
+        for e in context(request).plane.registry.entries(model.name)
         if e.state is ModelState.READY
     ]
-    return _json(config_json.model_metadata(runner, ready))
+    return json_response(config_json.model_metadata(model, ready))
 
 
 @router.get(MODEL + "/config", summary="The model's configuration in Triton's JSON form")
 @router.get(VERSION + "/config", summary="One version's configuration in Triton's JSON form")
 async def model_config(request: Request) -> Response:
-    return _json(config_json.model_config(_runner(request)))
+    return json_response(config_json.model_config(_model(request)))
 
 
 # -- inference --------------------------------------------------------------------------
 
 
-@router.post(MODEL + "/infer", openapi_extra=_INFER_BODY, summary="Run the model")
-@router.post(VERSION + "/infer", openapi_extra=_INFER_BODY, summary="Run one model version")
 async def infer(request: Request) -> Response:
+    started = time.perf_counter()
     ctx = context(request)
+    plane = ctx.plane
     limit = ctx.settings.max_body_bytes
     body = await read_body(request, limit)
     body = codec.decompress(body, request.headers.get("content-encoding"), limit)
-    runner = _runner(request)
+    model = _model(request)
     header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
-    parsed = codec.decode_request(body, header_length, runner.signature)
-    results = await infer_while_connected(request, runner, parsed.arrays, parsed.timeout_s)
+    parsed = plane.decode(model, lambda rules: codec.decode_request(body, header_length, rules))
+    results = await infer_while_connected(
+        request, plane, model, parsed.arrays, started=started, timeout_s=parsed.timeout_s
+    )
     content, json_length = codec.encode_response(
-        runner.name, runner.version, parsed, results, runner.signature
+        model.name, model.version, parsed, results, model.signature
     )
     if json_length is None:
         return Response(content, media_type="application/json")
@@ -183,6 +174,14 @@ async def infer(request: Request) -> Response:
     )
 
 
+DATA_ROUTES = (
+    DataRoute("POST", "/v2" + MODEL + "/infer", infer, V2_STATUS, "Run the model", _INFER_BODY),
+    DataRoute(
+        "POST", "/v2" + VERSION + "/infer", infer, V2_STATUS, "Run one model version", _INFER_BODY
+    ),
+)
+
+
 # -- model repository -------------------------------------------------------------------
 
 
@@ -191,7 +190,7 @@ async def repository_index(request: Request) -> Response:
     ready_only = (await _json_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise InvalidInput('"ready" must be true or false')
-    registry = context(request).registry
+    registry = context(request).plane.registry
     rows: list[dict[str, str]] = []
     for name in sorted(set(registry.names()) | set(registry.repository.names())):
         entries = registry.entries(name) if name in registry.names() else []
@@ -207,7 +206,7 @@ async def repository_index(request: Request) -> Response:
                         "reason": entry.reason,
                     }
                 )
-    return _json(rows)
+    return json_response(rows)
 
 
 @router.post("/repository/models/{name:path}/load", summary="Load or reload a model")
@@ -224,7 +223,7 @@ async def repository_load(request: Request) -> Response:
             "repository folder only"
         )
     # A new version serves only once warm; the old one keeps serving meanwhile, then drains.
-    await context(request).registry.load(name)
+    await context(request).plane.registry.load(name)
     return Response(status_code=200)
 
 
@@ -233,7 +232,7 @@ async def repository_unload(request: Request) -> Response:
     name = request.path_params["name"]
     check_model_name(name)
     await _json_body(request)  # `unload_dependents` has no meaning here: no ensembles
-    registry = context(request).registry
+    registry = context(request).plane.registry
     if name in registry.names():
         await registry.unload(name)  # refuses new requests at once, finishes accepted ones
     elif name not in registry.repository.names():

@@ -3,8 +3,8 @@
 Every field perf_analyzer reads is always present (it fetches statistics around each
 measurement window when `statistics` is advertised). Where the figures come from:
 
-- `success`, `fail`: requests that reached the batcher, timed from queueing to result
-  (the runner's `request_stats`); a request refused by validation never gets that far;
+- `success`, `fail`: requests that reached the batcher, timed from their arrival at the
+  protocol layer to their result; a request refused by validation never gets that far;
 - `queue`: every request that ran, and the time it waited in the queue (the batcher's);
 - `compute_input|infer|output`: per successful request, the merge, `session.run` and split
   times of the batch it ran in; `batch_stats` has the same per batch size, once per run;
@@ -15,14 +15,15 @@ measurement window when `statistics` is advertised). Where the figures come from
 
 from typing import Any
 
-from inscale.models.version import ModelRunner, StepTimes
+from inscale.models.version import ModelVersion
+from inscale.statistics import StepTotals
 
 
 def _duration(count: int, ns: int) -> dict[str, int]:
     return {"count": count, "ns": ns}
 
 
-def _steps(times: StepTimes) -> dict[str, dict[str, int]]:
+def _steps(times: StepTotals) -> dict[str, dict[str, int]]:
     return {
         "compute_input": _duration(times.count, times.input_ns),
         "compute_infer": _duration(times.count, times.infer_ns),
@@ -30,23 +31,20 @@ def _steps(times: StepTimes) -> dict[str, dict[str, int]]:
     }
 
 
-def model_stats(runner: ModelRunner) -> dict[str, Any]:
-    requests = runner.request_stats()
-    batcher = runner.batcher_stats()
-    runs = runner.run_stats()
-    sizes = sorted(runs.per_batch_size.items())
-    executed = batcher.succeeded + batcher.failed
+def model_stats(model: ModelVersion) -> dict[str, Any]:
+    stats = model.statistics()
+    sizes = sorted(stats.per_batch_size.items())
     return {
-        "name": runner.name,
-        "version": str(runner.version),
-        "last_inference": int(batcher.last_run_unix * 1000),
+        "name": model.name,
+        "version": str(model.version),
+        "last_inference": int(stats.last_run_unix * 1000),
         "inference_count": sum(size * times.count for size, times in sizes),
         "execution_count": sum(times.count for _, times in sizes),
         "inference_stats": {
-            "success": _duration(requests.success_count, requests.success_ns),
-            "fail": _duration(requests.fail_count, requests.fail_ns),
-            "queue": _duration(executed, round(batcher.queue_seconds * 1e9)),
-            **_steps(runs.per_request),
+            "success": _duration(stats.done_ok.count, stats.done_ok.ns),
+            "fail": _duration(stats.done_failed.count, stats.done_failed.ns),
+            "queue": _duration(stats.succeeded + stats.failed, round(stats.queue_seconds * 1e9)),
+            **_steps(stats.per_request),
             "cache_hit": _duration(0, 0),
             "cache_miss": _duration(0, 0),
         },

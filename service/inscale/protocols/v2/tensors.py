@@ -17,13 +17,10 @@ import numpy as np
 from inscale.datatypes import DataType
 from inscale.errors import InvalidInput
 from inscale.protocols.json_values import to_array
+from inscale.signature import shape_text
 
 _LENGTH = struct.Struct("<I")
 _FP32 = np.dtype(np.float32)
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
 
 
 def byte_size(datatype: DataType, shape: Sequence[int]) -> int | None:

@@ -1,0 +1,27 @@
+"""`/predict`'s statuses for the core's errors: a deadline passed in the queue is a gateway
+timeout (504), as an HTTP client or proxy expects."""
+
+from inscale.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelExecutionError,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    PayloadTooLarge,
+    QueueFull,
+    Unsupported,
+)
+from inscale.http.errors import ErrorTable
+
+PREDICT_STATUS: ErrorTable = {
+    InvalidInput: 400,
+    PayloadTooLarge: 413,
+    ModelNotFound: 404,
+    ModelNotReady: 503,
+    QueueFull: 503,
+    DeadlineExceeded: 504,
+    Unsupported: 501,
+    ModelLoadError: 400,
+    ModelExecutionError: 500,
+}
