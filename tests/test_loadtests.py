@@ -1,7 +1,9 @@
 """loadtests/ against real servers: short headless Locust runs, an overloaded server, the
-report, the local scaling scenario behind haproxy, and the HPA replay.
+report, the local scaling scenario behind haproxy, the HPA replay, and the harness's
+disturbance detector against a real busy loop.
 
-Every run goes through the scripts' command lines, as a user would run them.
+Every run goes through the scripts' command lines (`python -m loadtests.NAME`), as a user
+would run them.
 """
 
 import csv
@@ -9,8 +11,10 @@ import json
 import re
 import shutil
 import socket
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +23,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from loadtests import bench_report, hpa
+from loadtests.harness.disturbance import Detector, Disturbance
+from loadtests.harness.wrk import WrkReport
 from support.onnx_models import add_model
 from support.server import ServerProcess, running_server
 
@@ -27,13 +34,10 @@ LOADTESTS = ROOT / "loadtests"
 WIDE = ROOT / "service/inscale/bundled_models/digits-wide/1/model.onnx"
 NAMES = ("/predict", "/v2/models/{model}/infer [json]", "/v2/models/{model}/infer [binary]")
 
-sys.path.insert(0, str(LOADTESTS))
-import hpa  # noqa: E402  (loadtests/ is a folder of scripts, not a package)
-
 
 def run_script(name: str, *args: str, timeout_s: float = 120) -> str:
     done = subprocess.run(
-        [sys.executable, str(LOADTESTS / name), *args],
+        [sys.executable, "-m", f"loadtests.{name.removesuffix('.py')}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -252,3 +256,50 @@ def test_hpa_replay_reads_a_manifest_and_keeps_its_scale_down_rate(tmp_path: Pat
     samples = [(float(t), 10.0) for t in range(0, 200)]  # wants 1 replica from the start
     at = {round(d.time): d.replicas for d in hpa.simulate(samples, policy, start=4)}
     assert (at[15], at[60], at[75], at[135]) == (3, 3, 2, 1)  # one pod a minute at most
+
+
+def test_detector_sees_a_busy_loop_on_the_measured_core() -> None:
+    """The failure it exists for: work that is not ours on the measured core is reported in
+    cores (not diluted over several), and the window is judged disturbed."""
+    core = min(os.sched_getaffinity(0))
+    detector = Detector([core])
+    spin = "import time\nend = time.monotonic() + 4\nwhile time.monotonic() < end: pass"
+    # Bounded twice over: the loop ends itself after 4 s, and is killed after the window.
+    disturber = subprocess.Popen(["taskset", "-c", str(core), sys.executable, "-c", spin])
+    try:
+        time.sleep(0.3)  # running before the window opens
+        with detector.window([], 1.5) as seen:
+            time.sleep(1.5)
+    finally:
+        disturber.kill()
+        disturber.wait()
+    found = seen[0]
+    assert found.other_cores > 0.5, found
+    assert found.disturbed and "other work took" in found.reasons[0], found.reasons
+
+
+def test_detector_flags_a_core_that_runs_slower_per_cpu_second() -> None:
+    """What time accounting cannot see: the probe's work per CPU second fell, nothing else."""
+    detector = Detector([0])
+    detector.fastest[0] = 80.0  # ns per probe iteration, the run's fastest
+    quiet = Disturbance(1.0, 1.0, 0.1, 0.0, 0.0, None, 0.0, probe_ns={0: 84.0})
+    slow = Disturbance(1.0, 1.0, 0.1, 0.0, 0.0, None, 0.0, probe_ns={0: 120.0})
+    assert detector.rejudge(quiet).reasons == []
+    assert detector.rejudge(slow).reasons == ["core 0 ran 50% slower"]
+
+
+def test_a_zero_latency_cell_is_invalid_not_a_division_by_zero() -> None:
+    zero = WrkReport(5000, 1_000_000, 0, 0, 0.0, 0, 0, 0, 0)
+    assert "latency of 0" in (bench_report.invalid_reason(zero) or "")
+    row = {"model": "wide-nobatch", "concurrency": 1, "p50_ms": 0.0, "requests_per_s": 5e3}
+    rows = [
+        row | {"invalid": bench_report.invalid_reason(zero)},
+        {"model": "wide", "concurrency": 1, "p50_ms": 0.5, "requests_per_s": 2e3, "invalid": None},
+    ]
+    idle = bench_report.target_idle_latency(rows)
+    assert idle["passed"] is None and "valid" in idle["detail"]
+    baseline = [r | {"disturbed": False, "p99_ms": 0.0} for r in rows]
+    current = [r | {"disturbed": False, "p99_ms": 1.0, "invalid": None} for r in rows]
+    ratios = {r["model"]: r for r in bench_report.ratios(current, baseline)}
+    assert ratios["wide-nobatch"]["p50_ms"] is None  # the baseline cell is invalid
+    assert ratios["wide"]["p99_ms"] is None  # its p99 is 0: no ratio, no crash
