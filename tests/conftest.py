@@ -53,8 +53,11 @@ def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(test_repo: Path) -> Iterator[ServerProcess]:
-    """One server on the test repository for tests that do not disturb each other."""
-    with running_server(test_repo) as proc:
+    """One server on the test repository for tests that do not disturb each other.
+
+    Its Retry-After is not the default (1), so the 503 tests show the setting is read.
+    """
+    with running_server(test_repo, "--retry-after-s", "7") as proc:
         yield proc
 
 

@@ -41,7 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             "timeout_ms": 60_000,
         },
     )
-    env = {"INSCALE_MAX_BODY_BYTES": str(BODY_LIMIT)}
+    # A Retry-After that is not the default (1), so the 503 test shows the setting is read.
+    env = {"INSCALE_MAX_BODY_BYTES": str(BODY_LIMIT), "INSCALE_RETRY_AFTER_S": "7"}
     with running_server(repo, env=env) as proc:
         yield proc
 
@@ -655,7 +656,7 @@ def test_full_queue_is_503_with_retry_after(
     wait_for(lambda: model_counters(server.url, "busy")["queued"] == 2, "two queued requests")
     response = client.post("/v2/models/busy/infer", json=busy_request(9, 0))
     expect(response, 503, "model 'busy' is overloaded: busy:1: queue is full (2 requests waiting)")
-    assert response.headers["retry-after"] == "1"
+    assert response.headers["retry-after"] == "7"  # INSCALE_RETRY_AFTER_S above
     assert [f.result().status_code for f in queued] == [200, 200]
 
 
