@@ -82,8 +82,8 @@ def drive_load(url: str, seconds: int, workdir: Path) -> None:
                 )
                 for body in bodies.values()
             ]
-            for wrk in wrks:
-                wrk.wait()
+            for proc in wrks:
+                proc.wait()
             print(f"  load: {connections} connections per model for {step} s", file=sys.stderr)
     finally:
         stop.set()

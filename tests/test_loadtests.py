@@ -8,10 +8,10 @@ would run them.
 
 import csv
 import json
+import os
 import re
 import shutil
 import socket
-import os
 import subprocess
 import sys
 import time
