@@ -41,9 +41,9 @@ from inscale.signature import Signature, TensorSpec
 from inscale.validation import InputRules
 from loadtests.harness import machine
 from loadtests.harness.disturbance import Detector
+from loadtests.harness.perf_analyzer import find_perf_analyzer
 from loadtests.harness.processes import ROOT, pinned
 from loadtests.harness.server import inscale_server
-from tests.support.perf_analyzer_env import find_perf_analyzer
 
 Row = dict[str, Any]
 # name: (model, rows per request, features per row, perf_analyzer requests per window)

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from onnx import TensorProto
 
+from loadtests.harness.perf_analyzer import find_perf_analyzer
 from support.onnx_models import add_model, identity
-from support.perf_analyzer_env import find_perf_analyzer
 from support.server import running_server
 
 

@@ -1,7 +1,7 @@
 """Errors raised by the serving core.
 
 They carry no HTTP or gRPC: each protocol maps each family to a status in its own table
-(`inscale/protocols/*/errors.py`, `inscale.http.errors.NATIVE_STATUS`). Messages are written
+(`inscale/protocols/*/errors.py`). Messages are written
 for the user who sent the request and name the thing that was wrong, so they can be returned
 as they are.
 """

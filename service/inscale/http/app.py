@@ -29,6 +29,7 @@ from inscale.metrics.prometheus import Metrics
 from inscale.models.registry import ModelRegistry
 from inscale.models.repository import ModelRepository
 from inscale.protocols.predict import routes as predict
+from inscale.protocols.predict.errors import PREDICT_STATUS
 from inscale.protocols.v2 import routes as v2_routes
 from inscale.settings import ModelControl, ServerSettings
 
@@ -80,7 +81,7 @@ def create_app(settings: ServerSettings) -> ASGIApp:
     )
     install_docs(app)
     app.state.ctx = ctx
-    install_error_handlers(app)
+    install_error_handlers(app, PREDICT_STATUS)
     # One table of inference routes: registered in FastAPI (OpenAPI, /docs) and dispatched
     # by the fast path, which also tells the metrics middleware their templates.
     inference = (*predict.DATA_ROUTES, *v2_routes.DATA_ROUTES)

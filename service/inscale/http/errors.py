@@ -1,10 +1,10 @@
 """How a core error becomes an HTTP response, given a protocol's own status table.
 
 Each protocol keeps its table (core exception -> status) in its own module: `/predict` in
-`inscale.protocols.predict.errors`, V2 in `inscale.protocols.v2.errors`, inscale's own routes
-(`/models`, health, metrics) in `NATIVE_STATUS` here. A route's table is fixed where the route
-is registered (`error_route_class`, and the data-plane route table for the fast path), so no
-status is chosen by looking at the URL.
+`inscale.protocols.predict.errors` (inscale's own routes, `/models` and health, answer with it
+too: they are the same REST API), V2 in `inscale.protocols.v2.errors`. A route's table is fixed
+where the route is registered (`error_route_class`, and the data-plane route table for the fast
+path), so no status is chosen by looking at the URL.
 
 Statuses are found by walking the exception's class hierarchy, so `PayloadTooLarge` (a kind of
 `InvalidInput`) can have its own row while the rest of the family falls back to the parent's.
@@ -27,12 +27,7 @@ from starlette.responses import Response
 from inscale.errors import (
     DeadlineExceeded,
     InscaleError,
-    InvalidInput,
-    ModelExecutionError,
-    ModelLoadError,
-    ModelNotFound,
     ModelNotReady,
-    PayloadTooLarge,
     QueueFull,
     Unsupported,
 )
@@ -42,17 +37,6 @@ log = logging.getLogger(__name__)
 
 ErrorTable = Mapping[type[InscaleError], int]
 
-NATIVE_STATUS: ErrorTable = {
-    InvalidInput: 400,
-    PayloadTooLarge: 413,
-    ModelNotFound: 404,
-    ModelNotReady: 503,
-    QueueFull: 503,
-    DeadlineExceeded: 504,
-    Unsupported: 501,
-    ModelLoadError: 400,
-    ModelExecutionError: 500,
-}
 # 5xx that describe the request or the server's load rather than a failure: their message
 # is sent as it is. Any other 5xx is logged and answered with the request id only.
 _SAID = (ModelNotReady, QueueFull, DeadlineExceeded, Unsupported)
@@ -124,10 +108,6 @@ def error_route_class(table: ErrorTable) -> type[APIRoute]:
     return ProtocolRoute
 
 
-async def _on_native_error(request: Request, exc: Exception) -> Response:
-    return response_for(request, exc, NATIVE_STATUS)
-
-
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -147,9 +127,13 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     return error_response(400, "; ".join(parts) or "invalid request")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """FastAPI's own errors (no route, bad method, bad parameters), and the native routes'."""
+def install_error_handlers(app: FastAPI, table: ErrorTable) -> None:
+    """FastAPI's own errors (no route, bad method, bad parameters), and `table` for anything
+    raised outside a protocol's routes."""
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return response_for(request, exc, table)
+
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(InscaleError, _on_native_error)
-    app.add_exception_handler(Exception, _on_native_error)
+    app.add_exception_handler(Exception, on_error)

@@ -1,5 +1,6 @@
 """inscale's own routes beside the protocols: `GET /models`, `/models/{name}`, `/health/*`,
-and `GET /metrics` when metrics are on. Errors use `NATIVE_STATUS`."""
+and `GET /metrics` when metrics are on. They are inscale's REST API, as `/predict` is, and
+answer errors with its table."""
 
 from typing import Any
 
@@ -9,11 +10,12 @@ from starlette.responses import Response
 from inscale.batcher import DropReason
 from inscale.http import health
 from inscale.http.context import context
-from inscale.http.errors import NATIVE_STATUS, error_route_class
+from inscale.http.errors import error_route_class
 from inscale.http.responses import json_response
 from inscale.metrics.prometheus import Metrics
 from inscale.models.registry import ModelRegistry, VersionEntry
 from inscale.models.version import ModelVersion
+from inscale.protocols.predict.errors import PREDICT_STATUS
 from inscale.signature import TensorSpec
 
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
@@ -93,7 +95,7 @@ async def model_metadata(name: str, request: Request) -> Response:
 
 
 def native_router(metrics: Metrics | None, registry: ModelRegistry) -> APIRouter:
-    router = APIRouter(route_class=error_route_class(NATIVE_STATUS))
+    router = APIRouter(route_class=error_route_class(PREDICT_STATUS))
     router.add_api_route("/models", list_models, methods=["GET"], summary=list_models.__doc__)
     router.add_api_route(
         "/models/{name}", model_metadata, methods=["GET"], summary=model_metadata.__doc__

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the project root
+ROOT = Path(__file__).resolve().parents[2]  # loadtests/harness/ -> the project root
 SETUP = ROOT / "scripts" / "setup_perf_analyzer.sh"
 
 
