@@ -10,17 +10,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from inscale.batcher import (
-    Batcher,
-    BatchFailedError,
-    BatchPolicy,
-    BatchRecord,
-    DeadlineError,
-    DropReason,
-    QueueFullError,
-    Ran,
-    StepTimes,
-)
+from inscale.batch_events import BatchRecord, DropReason, Ran, StepTimes
+from inscale.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
 
 
 class Recorder:

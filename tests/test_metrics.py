@@ -14,14 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from inscale.batcher import (
-    Batcher,
-    BatchFailedError,
-    BatchPolicy,
-    DeadlineError,
-    QueueFullError,
-    Ran,
-)
+from inscale.batch_events import Ran
+from inscale.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
 from inscale.metrics.gpu import GpuCollector, gpu_collector
 from inscale.metrics.model import Outcome
 from inscale.metrics.process import memory_limit_bytes

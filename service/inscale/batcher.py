@@ -23,7 +23,8 @@ What happens to requests is reported as events (`BatchEvents`: queued, dropped w
 batch finished with its times) to one listener the caller gives; the batcher keeps no
 counters of its own, only what is in it now (`load()`), which its own rules need.
 
-This module imports nothing from the rest of inscale; its errors are its own.
+This module imports nothing from the rest of inscale but its own event types
+(`inscale.batch_events`); its errors are its own.
 """
 
 import asyncio
@@ -33,7 +34,9 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
+
+from inscale.batch_events import BatchEvents, BatchRecord, DropReason, Load, Ran, StepTimes
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,73 +70,6 @@ class BatchPolicy:
     max_queue_size: int = 1024  # requests
     instances: int = 1
     batching: bool = True  # False: every request runs alone
-
-
-class DropReason(enum.Enum):
-    REJECTED = "rejected"  # queue full
-    EXPIRED = "timeout"  # deadline passed while queued
-    CANCELLED = "cancelled"  # caller went away while queued
-    CLOSED = "closed"  # the batcher shut down with the request still queued
-
-
-@dataclass(frozen=True, slots=True)
-class StepTimes:
-    """How long the three steps of one run took, in nanoseconds: gathering the payloads into
-    the model's inputs, the model itself, and splitting its outputs back per request."""
-
-    input_ns: int = 0
-    infer_ns: int = 0
-    output_ns: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Ran(Generic[R]):
-    """What `run_batch` returns: one result per payload, in order, and its step times."""
-
-    results: Sequence[R]
-    steps: StepTimes = StepTimes()
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
-    """What one model run did."""
-
-    requests: int
-    rows: int
-    queue_seconds: tuple[float, ...]  # per request, in batch order
-    compute_seconds: float  # from the hand-off to the worker thread to the results
-    steps: StepTimes  # as `run_batch` measured them (zeros when it failed)
-    failed: bool
-    finished_unix: float  # wall-clock time the run ended
-
-
-class BatchEvents(Protocol):
-    """The one stream of what happens to requests in the batcher.
-
-    Every counter about queueing and runs (statistics, Prometheus, later consumers) is built
-    from these, so each event is counted in one place. All are called on the event loop's
-    thread, so a listener needs no lock.
-    """
-
-    def request_queued(self, rows: int) -> None: ...
-
-    def request_dropped(self, reason: DropReason) -> None: ...
-
-    def batch_finished(self, record: BatchRecord) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    """What is in the batcher now (current values, not counters)."""
-
-    queued: int  # requests waiting
-    queued_rows: int
-    running_batches: int
-    running_requests: int
-
-    @property
-    def in_flight(self) -> int:
-        return self.queued + self.running_requests
 
 
 class _State(enum.Enum):

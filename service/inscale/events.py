@@ -11,7 +11,7 @@ Every event is raised on the event loop's thread: consumers need no lock.
 
 from typing import Protocol
 
-from inscale.batcher import BatchEvents, BatchRecord, DropReason
+from inscale.batch_events import BatchEvents, BatchRecord, DropReason
 
 
 class ModelEvents(BatchEvents, Protocol):

@@ -7,7 +7,7 @@ loop's thread writes here, and readers get copies.
 
 from dataclasses import dataclass, field, replace
 
-from inscale.batcher import BatchRecord, DropReason, StepTimes
+from inscale.batch_events import BatchRecord, DropReason, StepTimes
 
 
 @dataclass(slots=True)

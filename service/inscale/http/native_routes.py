@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from inscale.batcher import DropReason
+from inscale.batch_events import DropReason
 from inscale.http import health
 from inscale.http.context import context
 from inscale.http.errors import error_route_class

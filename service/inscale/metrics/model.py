@@ -9,7 +9,7 @@ import enum
 
 from prometheus_client import Counter, Histogram
 
-from inscale.batcher import BatchRecord, DropReason
+from inscale.batch_events import BatchRecord, DropReason
 
 
 class Outcome(enum.StrEnum):

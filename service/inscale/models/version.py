@@ -15,7 +15,8 @@ import numpy as np
 
 from inscale import batch_arrays
 from inscale.batch_arrays import Arrays, PadRule
-from inscale.batcher import Batcher, BatchPolicy, Load, Ran, StepTimes
+from inscale.batch_events import Load, Ran, StepTimes
+from inscale.batcher import Batcher, BatchPolicy
 from inscale.events import Fanout, ModelEvents
 from inscale.models.config import ModelConfig
 from inscale.models.session import OrtSession
