@@ -11,10 +11,10 @@ are not made here: they come from the data plane's events, the same for every pr
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inscale.metrics.prometheus import Metrics
+from inscale.metrics.series import CounterLike, HistogramLike
 
 UNMATCHED = "<unmatched>"
 ROUTE_KEY = "inscale.route"  # scope key: the template of the data-plane route that matched
@@ -59,7 +59,7 @@ class MetricsMiddleware:
         self._metrics = metrics
         # (method, template, status) -> children, made once per label set. Templates and
         # methods are bounded sets, so this is too.
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._children: dict[tuple[str, str, int], tuple[CounterLike, HistogramLike]] = {}
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":

@@ -7,9 +7,8 @@ request, the same events reach this consumer, so the series cannot differ by pro
 
 import enum
 
-from prometheus_client import Counter, Histogram
-
 from inscale.batch_events import BatchRecord, DropReason
+from inscale.metrics.series import CounterFamily, HistogramFamily
 
 
 class Outcome(enum.StrEnum):
@@ -52,13 +51,13 @@ class ModelMetrics:
         self,
         labels: tuple[str, str],
         *,
-        requests: Counter,
-        rows: Counter,
-        runs: Counter,
-        duration: Histogram,
-        queue_time: Histogram,
-        compute_time: Histogram,
-        batch_size: Histogram,
+        requests: CounterFamily,
+        rows: CounterFamily,
+        runs: CounterFamily,
+        duration: HistogramFamily,
+        queue_time: HistogramFamily,
+        compute_time: HistogramFamily,
+        batch_size: HistogramFamily,
     ) -> None:
         # Every outcome's series exists from the start, at 0, so rates are defined at once.
         outcomes = {o: requests.labels(*labels, o.value) for o in Outcome}

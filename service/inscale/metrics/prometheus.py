@@ -13,6 +13,7 @@ whichever worker answers a scrape reports all.
 
 import asyncio
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -30,6 +31,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from inscale.metrics.gpu import gpu_collector
 from inscale.metrics.model import ModelMetrics
 from inscale.metrics.process import ProcessPublisher, WorkerRoster
+from inscale.metrics.series import (
+    CounterFamily,
+    CounterLike,
+    HistogramFamily,
+    HistogramLike,
+    LocalCounter,
+    LocalHistogram,
+)
 from inscale.metrics.state import MODEL_LABELS, StateGauges
 from inscale.models.registry import ModelRegistry
 
@@ -40,6 +49,28 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SAMPLE_INTERVAL_S = 1.0  # multiprocess mode: how often a worker refreshes its current values
+
+
+CounterMaker = Callable[[str, str, Sequence[str]], CounterFamily]
+HistogramMaker = Callable[[str, str, Sequence[str], Sequence[float]], HistogramFamily]
+
+
+def _local_counter(registry: CollectorRegistry) -> CounterMaker:
+    return lambda name, doc, labels: LocalCounter(name, doc, labels, registry)
+
+
+def _local_histogram(registry: CollectorRegistry) -> HistogramMaker:
+    return lambda name, doc, labels, buckets: LocalHistogram(name, doc, labels, registry, buckets)
+
+
+def _client_counter(registry: CollectorRegistry) -> CounterMaker:
+    return lambda name, doc, labels: Counter(name, doc, labels, registry=registry)
+
+
+def _client_histogram(registry: CollectorRegistry) -> HistogramMaker:
+    return lambda name, doc, labels, buckets: Histogram(
+        name, doc, labels, registry=registry, buckets=buckets
+    )
 
 
 class Metrics:
@@ -53,64 +84,61 @@ class Metrics:
         self.registry = registry
         self.multiprocess_dir = multiprocess_dir
         self._models: dict[tuple[str, int], ModelMetrics] = {}
+        # One process: plain numbers behind a custom collector (`inscale.metrics.series`);
+        # several workers: prometheus-client's objects, whose values live in shared files.
+        counter, histogram = (
+            (_local_counter(registry), _local_histogram(registry))
+            if multiprocess_dir is None
+            else (_client_counter(registry), _client_histogram(registry))
+        )
         labels = MODEL_LABELS
-        self.requests = Counter(
+        self.requests = counter(
             "inscale_requests",
             "Requests for a model, by outcome: success, rejected (queue full), timeout, "
             "bad_input, model_error, cancelled.",
             [*labels, "outcome"],
-            registry=registry,
         )
-        self.rows = Counter(
+        self.rows = counter(
             "inscale_inference_rows",
             "Rows (inferences) computed by model runs; a request carries one or more rows.",
             labels,
-            registry=registry,
         )
-        self.runs = Counter(
-            "inscale_model_runs", "Model runs (executions of one batch).", labels, registry=registry
-        )
-        self.duration = Histogram(
+        self.runs = counter("inscale_model_runs", "Model runs (executions of one batch).", labels)
+        self.duration = histogram(
             "inscale_request_duration_seconds",
             "End-to-end time of answered inference requests, from their arrival at the "
             "protocol layer to their result (any protocol).",
             labels,
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
         )
-        self.queue_time = Histogram(
+        self.queue_time = histogram(
             "inscale_queue_duration_seconds",
             "Time a request waited in the queue before its batch started running.",
             labels,
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
         )
-        self.compute_time = Histogram(
+        self.compute_time = histogram(
             "inscale_compute_duration_seconds",
             "Time one model run took (merge, ONNX Runtime, split), observed once per run.",
             labels,
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
         )
-        self.batch_size = Histogram(
+        self.batch_size = histogram(
             "inscale_batch_size_rows",
             "Rows per model run.",
             labels,
-            registry=registry,
-            buckets=BATCH_SIZE_BUCKETS,
+            BATCH_SIZE_BUCKETS,
         )
-        self.http_requests = Counter(
+        self.http_requests = counter(
             "inscale_http_requests",
             "HTTP requests by method, route template and status.",
             ["method", "route", "status"],
-            registry=registry,
         )
-        self.http_duration = Histogram(
+        self.http_duration = histogram(
             "inscale_http_request_duration_seconds",
             "HTTP request time by method, route template and status.",
             ["method", "route", "status"],
-            registry=registry,
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
         )
         self._state = StateGauges(registry)
         if multiprocess_dir is None:
@@ -131,7 +159,7 @@ class Metrics:
         if gpu is not None:  # device-wide, not per process: asked live at each scrape
             self._exposition.register(gpu)
 
-    def http(self, method: str, route: str, status: str) -> tuple[Counter, Histogram]:
+    def http(self, method: str, route: str, status: str) -> tuple[CounterLike, HistogramLike]:
         """The children for one HTTP label set; the middleware keeps them."""
         return (
             self.http_requests.labels(method, route, status),
