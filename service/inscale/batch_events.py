@@ -7,7 +7,7 @@ not import the batching loop. Like the batcher, this imports nothing else from i
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 R = TypeVar("R")
 
@@ -19,8 +19,11 @@ class DropReason(enum.Enum):
     CLOSED = "closed"  # the batcher shut down with the request still queued
 
 
-@dataclass(frozen=True, slots=True)
-class StepTimes:
+# The records made per run are named tuples: as immutable as frozen dataclasses, and several
+# times cheaper to build on a path that runs once per batch.
+
+
+class StepTimes(NamedTuple):
     """How long the three steps of one run took, in nanoseconds: gathering the payloads into
     the model's inputs, the model itself, and splitting its outputs back per request."""
 
@@ -29,16 +32,14 @@ class StepTimes:
     output_ns: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Ran(Generic[R]):
+class Ran(NamedTuple, Generic[R]):
     """What `run_batch` returns: one result per payload, in order, and its step times."""
 
     results: Sequence[R]
     steps: StepTimes = StepTimes()
 
 
-@dataclass(frozen=True, slots=True)
-class BatchRecord:
+class BatchRecord(NamedTuple):
     """What one model run did."""
 
     requests: int

@@ -34,11 +34,12 @@ def parse_object(
 
     `nan_words`: also read bare NaN and Infinity, which strict JSON has not.
     """
-    if not text.strip():
-        raise InvalidInput(f"{what} is empty; {expected} is expected")
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
+        # Checked only here: testing every body for blankness first would copy it.
+        if not text or text.isspace():
+            raise InvalidInput(f"{what} is empty; {expected} is expected") from None
         # Triton's JSON, and perf_analyzer's, writes NaN and Infinity as bare words; the
         # standard library reads them (slower, so only when orjson could not).
         if not nan_words or (b"NaN" not in text and b"Infinity" not in text):
