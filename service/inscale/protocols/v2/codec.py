@@ -22,6 +22,7 @@ import orjson
 from inscale.batch_arrays import Arrays
 from inscale.datatypes import BY_NAME, DataType, from_name
 from inscale.errors import InvalidInput, PayloadTooLarge, Unsupported
+from inscale.protocols import raw_tensors
 from inscale.protocols.json_values import dumps, parse_object
 from inscale.protocols.v2 import tensors
 from inscale.signature import Signature, TensorSpec, shape_text
@@ -106,13 +107,13 @@ def decode_request(body: bytes, header_length: int | None, rules: InputRules) ->
             size = _count(params["binary_data_size"], f"input '{name}': binary_data_size")
             if "data" in item:
                 raise InvalidInput(f"input '{name}' has both data and binary_data_size")
-            tensors.check_binary_size(name, datatype, shape, size)
+            raw_tensors.check_binary_size(name, datatype, shape, size)
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input '{name}': binary_data_size {size} goes past the end of the body "
                     f"({len(binary) - offset} bytes of binary data left)"
                 )
-            arrays[name] = tensors.from_binary(
+            arrays[name] = raw_tensors.from_binary(
                 name, datatype, shape, binary[offset : offset + size]
             )
             offset += size
@@ -151,7 +152,7 @@ def encode_response(
             "shape": list(array.shape),
         }
         if choice.binary:
-            raw = tensors.to_binary(datatype, array)
+            raw = raw_tensors.to_binary(datatype, array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binary_parts.append(raw)
         else:
@@ -267,7 +268,7 @@ def _raw_request(body: bytes, rules: InputRules) -> InferRequest:
     spec = input_spec(rules, signature.inputs[0].name)
     data = memoryview(body)
     shape = _raw_shape(spec, data, signature.batchable)
-    array = tensors.from_binary(spec.name, spec.datatype, shape, data)
+    array = raw_tensors.from_binary(spec.name, spec.datatype, shape, data)
     outputs = tuple(RequestedOutput(s.name, True) for s in signature.outputs)
     return InferRequest(None, {spec.name: array}, outputs, None, 0)
 
@@ -280,7 +281,7 @@ def _raw_shape(spec: TensorSpec, data: memoryview, batchable: bool) -> list[int]
     unknown = [axis for axis, d in enumerate(dims) if d is None]
     itemsize = spec.datatype.itemsize
     if itemsize is None:
-        elements = tensors.bytes_element_count(data)
+        elements = raw_tensors.bytes_element_count(data)
     elif len(data) % itemsize:
         raise InvalidInput(
             f"input '{spec.name}': the raw body's {len(data)} bytes are not a whole number of "
