@@ -53,7 +53,7 @@ RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/whe
     && /opt/build/bin/pip --python /opt/inscale/bin/python install --no-deps \
         --target /opt/inscale-app /tmp/wheels/inscale-*.whl \
     && PYTHONPATH=/opt/inscale-app /opt/inscale/bin/python -c \
-        'import onnxruntime, inscale.http.app; print(onnxruntime.get_device())'
+        'import onnxruntime, inscale.app; print(onnxruntime.get_device())'
 
 # Runtime stage: the base, the environment, an unprivileged user. Nothing else.
 FROM base AS runtime

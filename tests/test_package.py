@@ -22,7 +22,7 @@ def test_no_module_named_service_is_importable(tmp_path: Path) -> None:
 
 
 def test_the_package_and_its_entry_points(tmp_path: Path) -> None:
-    result = run_python("import inscale, inscale.http.app; print(inscale.__version__)", tmp_path)
+    result = run_python("import inscale, inscale.app; print(inscale.__version__)", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == inscale.__version__
     module = subprocess.run(

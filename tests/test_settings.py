@@ -157,6 +157,7 @@ def test_every_setting_round_trips_through_the_environment(
             "model_repository": tmp_path,
             "host": "0.0.0.0",
             "port": 9,
+            "grpc_port": 9001,
             "workers": 3,
             "log_level": "debug",
             "log_format": "text",

@@ -40,7 +40,9 @@ class Source:
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        return {**env, "PYTHONPATH": str(self.root), **(extra or {})}
+        # gRPC off unless asked for (`--grpc-port N` in the server's flags wins): its default
+        # port would be shared by every server a tool starts. Older packages ignore it.
+        return {**env, "PYTHONPATH": str(self.root), "INSCALE_GRPC_PORT": "0", **(extra or {})}
 
 
 CURRENT = Source(ROOT / "service", "inscale")

@@ -118,7 +118,7 @@ def _serve(settings: ServerSettings) -> int:
 
 def _run_uvicorn(settings: ServerSettings, access_log: bool) -> None:
     uvicorn.run(
-        "inscale.http.app:create_app_from_env",
+        "inscale.app:create_app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,

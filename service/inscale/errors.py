@@ -6,6 +6,11 @@ for the user who sent the request and name the thing that was wrong, so they can
 as they are.
 """
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class InscaleError(Exception):
     """Base of every error the core raises on purpose."""
@@ -58,3 +63,13 @@ class ModelLoadError(InscaleError):
 
 class ConfigError(ModelLoadError):
     """A model's config file is missing required structure or has invalid values."""
+
+
+def lookup(exc: InscaleError, table: Mapping[type[InscaleError], T], default: T) -> T:
+    """A protocol's entry for an error, found by walking its class hierarchy, so a subclass
+    (`PayloadTooLarge`, a kind of `InvalidInput`) may have its own row and otherwise gets its
+    family's."""
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]
+    return default

@@ -63,6 +63,13 @@ class ServerSettings(BaseSettings):
     port: int = Field(
         default=8000, ge=0, le=65535, description="TCP port; 0 picks a free one and logs it."
     )
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the Open Inference Protocol over gRPC (Triton's default, 8001), "
+        "on the same address as HTTP; 0 turns gRPC off.",
+    )
     workers: int = Field(
         default=1, ge=1, le=64, description="Server processes; each one loads every model."
     )

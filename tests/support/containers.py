@@ -226,7 +226,13 @@ def running_container(
 ) -> Iterator[Container]:
     """The image's own command on the host network, bound to a free loopback port."""
     container = Container(unique_name("inscale-test"), free_port())
-    settings = {"INSCALE_HOST": "127.0.0.1", "INSCALE_PORT": str(container.port), **(env or {})}
+    settings = {
+        "INSCALE_HOST": "127.0.0.1",
+        "INSCALE_PORT": str(container.port),
+        # The host's network: gRPC's default port would be shared by every container here.
+        "INSCALE_GRPC_PORT": "0",
+        **(env or {}),
+    }
     args = ["run", "--detach", f"--name={container.name}", "--network=host"]
     args += [f"--env={key}={value}" for key, value in settings.items()]
     podman(*args, *run_args, image)

@@ -33,7 +33,9 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 60) -> None:
         cmd = [sys.executable, "-m", "inscale", "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--log-format", "json", *self.args]
+        # gRPC is off unless a test asks for it (`--grpc-port N` among its args wins): the
+        # default port, 8001, would be shared by every server a session starts.
+        cmd += ["--grpc-port", "0", "--log-format", "json", *self.args]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

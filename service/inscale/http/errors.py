@@ -6,8 +6,7 @@ too: they are the same REST API), V2 in `inscale.protocols.v2.errors`. A route's
 where the route is registered (`error_route_class`, and the data-plane route table for the fast
 path), so no status is chosen by looking at the URL.
 
-Statuses are found by walking the exception's class hierarchy, so `PayloadTooLarge` (a kind of
-`InvalidInput`) can have its own row while the rest of the family falls back to the parent's.
+Statuses are found by walking the exception's class hierarchy (`inscale.errors.lookup`).
 Bodies are always `{"error": "..."}`: clients such as tritonclient fail with an unhelpful
 message on an empty error body. 5xx bodies say only that the server failed, with the request
 id to find the cause in the logs.
@@ -30,6 +29,7 @@ from inscale.errors import (
     ModelNotReady,
     QueueFull,
     Unsupported,
+    lookup,
 )
 from inscale.logs import request_id
 
@@ -47,10 +47,7 @@ class ClientGone(Exception):
 
 
 def status_for(exc: InscaleError, table: ErrorTable) -> int:
-    for cls in type(exc).__mro__:
-        if cls in table:
-            return table[cls]
-    return 500
+    return lookup(exc, table, 500)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

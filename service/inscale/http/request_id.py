@@ -4,18 +4,11 @@ Pure ASGI rather than Starlette's BaseHTTPMiddleware: that one costs a task and 
 stream per request, which shows on a 100-microsecond request path.
 """
 
-import itertools
-import os
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inscale.logs import request_id
+from inscale.logs import MAX_ID_LENGTH, new_request_id, request_id
 
 _HEADER = b"x-request-id"
-# A per-process random prefix and a counter: unique across replicas, and far cheaper than
-# uuid4 on every request.
-_PREFIX = os.urandom(4).hex()
-_COUNTER = itertools.count(1)
 
 
 class RequestIdMiddleware:
@@ -29,10 +22,10 @@ class RequestIdMiddleware:
         rid = None
         for name, value in scope["headers"]:
             if name == _HEADER:
-                rid = value.decode("latin-1")[:128]
+                rid = value.decode("latin-1")[:MAX_ID_LENGTH]
                 break
         if rid is None:
-            rid = f"{_PREFIX}-{next(_COUNTER):x}"
+            rid = new_request_id()
         token = request_id.set(rid)
         raw = rid.encode("latin-1")
 

@@ -140,6 +140,18 @@ class Metrics:
             ["method", "route", "status"],
             LATENCY_BUCKETS,
         )
+        self.grpc_requests = counter(
+            "inscale_grpc_requests",
+            "gRPC calls by method and status code (a streamed inference counts once per "
+            "request in the stream).",
+            ["method", "code"],
+        )
+        self.grpc_duration = histogram(
+            "inscale_grpc_request_duration_seconds",
+            "gRPC call time by method and status code.",
+            ["method", "code"],
+            LATENCY_BUCKETS,
+        )
         self._state = StateGauges(registry)
         if multiprocess_dir is None:
             ProcessCollector(registry=registry)
@@ -165,6 +177,10 @@ class Metrics:
             self.http_requests.labels(method, route, status),
             self.http_duration.labels(method, route, status),
         )
+
+    def grpc(self, method: str, code: str) -> tuple[CounterLike, HistogramLike]:
+        """The children for one gRPC method and status code; the servicer keeps them."""
+        return self.grpc_requests.labels(method, code), self.grpc_duration.labels(method, code)
 
     def model(self, name: str, version: int) -> ModelMetrics:
         """The consumer of a version's events (the registry's metrics factory); one per

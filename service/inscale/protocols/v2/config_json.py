@@ -13,6 +13,16 @@ from inscale.models.version import ModelVersion
 from inscale.signature import TensorSpec
 
 PLATFORM = "onnxruntime_onnx"
+# The protocol extensions the server implements (HTTP and gRPC), and only those.
+# `parameters`: request and tensor parameters are read (timeout, priority,
+# binary_data_output, binary_data, binary_data_size).
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "parameters",
+)
 
 
 def model_metadata(model: ModelVersion, ready_versions: list[int]) -> dict[str, Any]:

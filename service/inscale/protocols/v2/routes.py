@@ -7,14 +7,15 @@ data-plane route table (`DATA_ROUTES`), so the fast path dispatches them too: pa
 are read from `request.path_params` on every route.
 """
 
+import dataclasses
 import time
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from inscale import __version__
-from inscale.errors import InvalidInput, ModelNotFound, Unsupported
+from inscale import __version__, control
+from inscale.errors import InvalidInput
 from inscale.http import health
 from inscale.http.body import read_body
 from inscale.http.context import context
@@ -32,15 +33,6 @@ from inscale.protocols.v2.errors import V2_STATUS
 TAG = "Open Inference Protocol (V2)"
 router = APIRouter(prefix="/v2", tags=[TAG], route_class=error_route_class(V2_STATUS))
 
-# Only what is implemented. `parameters`: request and tensor parameters are read (timeout,
-# priority, binary_data_output, binary_data, binary_data_size).
-EXTENSIONS = (
-    "binary_tensor_data",
-    "model_configuration",
-    "model_repository",
-    "statistics",
-    "parameters",
-)
 MODEL = "/models/{name}"
 VERSION = "/models/{name}/versions/{version}"
 
@@ -91,7 +83,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 @router.get("", summary="Server metadata and the protocol extensions it implements")
 async def server_metadata() -> Response:
     return json_response(
-        {"name": "inscale", "version": __version__, "extensions": list(EXTENSIONS)}
+        {"name": "inscale", "version": __version__, "extensions": list(config_json.EXTENSIONS)}
     )
 
 
@@ -190,40 +182,18 @@ async def repository_index(request: Request) -> Response:
     ready_only = (await _json_body(request)).get("ready", False)
     if not isinstance(ready_only, bool):
         raise InvalidInput('"ready" must be true or false')
-    registry = context(request).plane.registry
-    rows: list[dict[str, str]] = []
-    for name in sorted(set(registry.names()) | set(registry.repository.names())):
-        entries = registry.entries(name) if name in registry.names() else []
-        if not entries and not ready_only:
-            rows.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"})
-        for entry in entries:
-            if not ready_only or entry.state is ModelState.READY:
-                rows.append(
-                    {
-                        "name": name,
-                        "version": str(entry.version) if entry.version > 0 else "",
-                        "state": entry.state.value,
-                        "reason": entry.reason,
-                    }
-                )
-    return json_response(rows)
+    rows = control.repository_index(context(request).plane.registry, ready_only)
+    return json_response([dataclasses.asdict(row) for row in rows])
 
 
 @router.post("/repository/models/{name:path}/load", summary="Load or reload a model")
 async def repository_load(request: Request) -> Response:
     name = request.path_params["name"]
-    check_model_name(name)
+    check_model_name(name)  # before the body: a bad name is the first thing to say
     parameters = (await _json_body(request)).get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput('"parameters" must be an object')
-    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
-    if overrides:
-        raise Unsupported(
-            f"load parameter '{overrides[0]}' is not supported: models load from the "
-            "repository folder only"
-        )
-    # A new version serves only once warm; the old one keeps serving meanwhile, then drains.
-    await context(request).plane.registry.load(name)
+    await control.load(context(request).plane.registry, name, parameters)
     return Response(status_code=200)
 
 
@@ -232,10 +202,5 @@ async def repository_unload(request: Request) -> Response:
     name = request.path_params["name"]
     check_model_name(name)
     await _json_body(request)  # `unload_dependents` has no meaning here: no ensembles
-    registry = context(request).plane.registry
-    if name in registry.names():
-        await registry.unload(name)  # refuses new requests at once, finishes accepted ones
-    elif name not in registry.repository.names():
-        raise ModelNotFound(f"unknown model '{name}'")
-    # else: in the repository and not loaded, so already unloaded (Triton answers 200 too)
+    await control.unload(context(request).plane.registry, name)
     return Response(status_code=200)

@@ -1,0 +1,351 @@
+"""`inference.GRPCInferenceService`: each RPC reads its message, asks the core (the data plane,
+its registry, the control operations) and encodes the answer.
+
+Model metadata, config and statistics are the same documents the V2 HTTP routes serve
+(`inscale.protocols.v2.config_json`, `stats`), turned into the protocol's messages by
+protobuf's own JSON mapping, so the two transports cannot drift apart. Errors are the core's
+exceptions, mapped to status codes in `errors.GRPC_STATUS`; every RPC is counted and timed by
+method and code.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from inscale import __version__, control
+from inscale.errors import InscaleError, InvalidInput, ModelNotReady, QueueFull
+from inscale.logs import MAX_ID_LENGTH, new_request_id, request_id
+from inscale.metrics.prometheus import Metrics
+from inscale.metrics.series import CounterLike, HistogramLike
+from inscale.models.registry import ModelState
+from inscale.models.version import ModelVersion
+from inscale.protocols.grpc import codec
+from inscale.protocols.grpc.errors import code_for, message_for, server_failed
+from inscale.protocols.grpc.stubs import model_config_pb2, service_pb2_grpc
+from inscale.protocols.grpc.stubs import service_pb2 as pb
+from inscale.protocols.v2 import config_json, stats
+from inscale.server_state import ServerState
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_OK = grpc.StatusCode.OK
+_UNIMPLEMENTED = {
+    "SystemSharedMemoryStatus": "system shared memory",
+    "SystemSharedMemoryRegister": "system shared memory",
+    "SystemSharedMemoryUnregister": "system shared memory",
+    "CudaSharedMemoryStatus": "CUDA shared memory",
+    "CudaSharedMemoryRegister": "CUDA shared memory",
+    "CudaSharedMemoryUnregister": "CUDA shared memory",
+    "TraceSetting": "tracing",
+    "LogSettings": "log settings",
+}
+
+
+_END = object()  # stream marker: the client sent its last request
+_CLOSING = object()  # stream marker: the server began to shut down
+
+
+class _Failed(Exception):
+    """An RPC ends with this status (raised inside `_serve`, turned into an abort there)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+    def __init__(self, state: ServerState, metrics: Metrics | None) -> None:
+        self._state = state
+        self._plane = state.plane
+        self._metrics = metrics
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[CounterLike, HistogramLike]] = {}
+        self._closing = asyncio.Event()  # set when the server begins to shut down
+
+    def begin_shutdown(self) -> None:
+        """Open streams stop reading, finish what they took, then end with UNAVAILABLE."""
+        self._closing.set()
+
+    # -- how every RPC runs -----------------------------------------------------------------
+
+    async def _serve(
+        self,
+        method: str,
+        context: Context,
+        handle: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """Run one RPC: its request id, its errors as status codes, its count and time."""
+        started = time.perf_counter()
+        rid = _request_id(context)
+        token = request_id.set(rid)
+        code = _OK
+        trailing = [("x-request-id", rid)]
+        try:
+            response = await handle()
+            context.set_trailing_metadata(trailing)
+            return response
+        except (InscaleError, _Failed) as exc:
+            code, message = self._failure(exc, rid)
+            if isinstance(exc, QueueFull):
+                trailing.append(("retry-after", str(exc.retry_after_s)))
+            context.set_trailing_metadata(trailing)
+            await context.abort(code, message)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED  # the client went away, or the server stopped
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("gRPC %s crashed", method)
+            context.set_trailing_metadata(trailing)
+            await context.abort(code, server_failed(rid))
+        finally:
+            request_id.reset(token)
+            self._record(method, code, time.perf_counter() - started)
+
+    def _failure(self, exc: Exception, rid: str) -> tuple[grpc.StatusCode, str]:
+        if isinstance(exc, _Failed):
+            return exc.code, exc.message
+        assert isinstance(exc, InscaleError)
+        code = code_for(exc)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("gRPC request failed: %s", exc.message, exc_info=exc)
+        return code, message_for(exc, code, rid)
+
+    def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        children = self._children.get((method, code))
+        if children is None:
+            children = self._children[(method, code)] = self._metrics.grpc(method, code.name)
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
+
+    def _model(self, name: str, version: str) -> ModelVersion:
+        if not name:
+            raise InvalidInput("a model name is required")
+        return self._plane.model(name, codec.parse_version(version))
+
+    # -- server and model metadata ----------------------------------------------------------
+
+    async def ServerLive(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            return pb.ServerLiveResponse(live=True)
+
+        return await self._serve("ServerLive", context, handle)
+
+    async def ServerReady(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            return pb.ServerReadyResponse(ready=self._state.ready())
+
+        return await self._serve("ServerReady", context, handle)
+
+    async def ModelReady(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            try:
+                self._model(request.name, request.version)
+            except ModelNotReady:
+                return pb.ModelReadyResponse(ready=False)  # known, but not ready (not an error)
+            return pb.ModelReadyResponse(ready=True)
+
+        return await self._serve("ModelReady", context, handle)
+
+    async def ServerMetadata(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            return pb.ServerMetadataResponse(
+                name="inscale", version=__version__, extensions=list(config_json.EXTENSIONS)
+            )
+
+        return await self._serve("ServerMetadata", context, handle)
+
+    async def ModelMetadata(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            model = self._model(request.name, request.version)
+            ready = [
+                e.version
+                for e in self._plane.registry.entries(model.name)
+                if e.state is ModelState.READY
+            ]
+            document = config_json.model_metadata(model, ready)
+            return json_format.ParseDict(document, pb.ModelMetadataResponse())
+
+        return await self._serve("ModelMetadata", context, handle)
+
+    async def ModelConfig(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            model = self._model(request.name, request.version)
+            config = json_format.ParseDict(
+                config_json.model_config(model), model_config_pb2.ModelConfig()
+            )
+            return pb.ModelConfigResponse(config=config)
+
+        return await self._serve("ModelConfig", context, handle)
+
+    async def ModelStatistics(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            registry = self._plane.registry
+            if not request.name:
+                names = registry.names()
+            elif request.version:
+                names = []
+                models = [self._model(request.name, request.version)]
+            else:
+                names = [request.name]
+            if not request.name or not request.version:
+                models = [e.model for n in names for e in registry.entries(n) if e.model]
+            document = {"model_stats": [stats.model_stats(m) for m in models]}
+            return json_format.ParseDict(document, pb.ModelStatisticsResponse())
+
+        return await self._serve("ModelStatistics", context, handle)
+
+    # -- model repository ---------------------------------------------------------------------
+
+    async def RepositoryIndex(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            rows = control.repository_index(self._plane.registry, request.ready)
+            response = pb.RepositoryIndexResponse()
+            for row in rows:
+                response.models.add(
+                    name=row.name, version=row.version, state=row.state, reason=row.reason
+                )
+            return response
+
+        return await self._serve("RepositoryIndex", context, handle)
+
+    async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            await control.load(self._plane.registry, request.model_name, request.parameters)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._serve("RepositoryModelLoad", context, handle)
+
+    async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            await control.unload(self._plane.registry, request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._serve("RepositoryModelUnload", context, handle)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def _infer(self, request: Any, context: Context, started: float) -> Any:
+        model = self._model(request.model_name, request.model_version)
+        parsed = self._plane.decode(model, lambda rules: codec.decode_request(request, rules))
+        timeout_s = parsed.timeout_s
+        remaining = context.time_remaining()  # the gRPC deadline bounds the batcher's
+        if remaining is not None:
+            timeout_s = remaining if timeout_s is None else min(timeout_s, remaining)
+        results = await self._plane.infer(
+            model, parsed.arrays, started=started, timeout_s=timeout_s
+        )
+        return codec.encode_response(model.name, model.version, parsed, results, model.signature)
+
+    async def ModelInfer(self, request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        return await self._serve(
+            "ModelInfer", context, lambda: self._infer(request, context, started)
+        )
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[Any]:
+        """Bidirectional: each request runs as it arrives; answers go back in the order they
+        complete, each with its request's `id`. A failed request is answered with its
+        `error_message` and the stream goes on, as Triton does."""
+        answers: asyncio.Queue[Any] = asyncio.Queue()  # answers, and the two markers
+        tasks: set[asyncio.Task[None]] = set()  # strong references while they run
+        taken = 0  # requests read so far
+
+        async def answer(request: Any) -> None:
+            answers.put_nowait(await self._stream_one(request, context))
+
+        async def read() -> None:
+            nonlocal taken
+            try:
+                async for request in request_iterator:
+                    taken += 1
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            except asyncio.CancelledError:
+                raise  # the server is closing: `_CLOSING` says so
+            except Exception as exc:  # the client's half of the stream broke
+                log.warning("gRPC stream: reading requests failed: %s", exc)
+            answers.put_nowait(_END)
+
+        async def close() -> None:
+            await self._closing.wait()
+            reader.cancel()  # read no more; what was taken is still answered
+            answers.put_nowait(_CLOSING)
+
+        reader = asyncio.create_task(read())
+        closer = asyncio.create_task(close())
+        sent = 0
+        ended = closing = False
+        try:
+            while not ((ended or closing) and sent == taken):
+                item = await answers.get()
+                if item is _END:
+                    ended = True
+                elif item is _CLOSING:
+                    closing = True
+                else:
+                    sent += 1
+                    yield item
+        finally:
+            reader.cancel()
+            closer.cancel()
+        if closing and not ended:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+    async def _stream_one(self, request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        rid = request.id[:MAX_ID_LENGTH] or new_request_id()
+        token = request_id.set(rid)
+        code = _OK
+        try:
+            response = await self._infer(request, context, started)
+            return pb.ModelStreamInferResponse(infer_response=response)
+        except (InscaleError, _Failed) as exc:
+            code, message = self._failure(exc, rid)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("gRPC stream request crashed")
+            message = server_failed(rid)
+        finally:
+            request_id.reset(token)
+            self._record("ModelStreamInfer", code, time.perf_counter() - started)
+        echo = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        )
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
+
+def _request_id(context: Context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:MAX_ID_LENGTH]
+    return new_request_id()
+
+
+def _unimplemented(method: str, feature: str) -> Callable[..., Awaitable[Any]]:
+    async def rpc(self: InferenceServicer, request: Any, context: Context) -> Any:
+        async def handle() -> Any:
+            raise _Failed(
+                grpc.StatusCode.UNIMPLEMENTED, f"{method}: inscale does not implement {feature}"
+            )
+
+        return await self._serve(method, context, handle)
+
+    rpc.__name__ = method
+    return rpc
+
+
+for _method, _feature in _UNIMPLEMENTED.items():
+    setattr(InferenceServicer, _method, _unimplemented(_method, _feature))
