@@ -19,7 +19,6 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
-from sklearn.datasets import load_digits
 from tritonclient.utils import InferenceServerException
 
 from support.grpc_server import GrpcServer, running_grpc_server
@@ -74,6 +73,11 @@ def pair_inputs(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def pair_tensors(x: np.ndarray, idx: np.ndarray) -> list[triton.InferInput]:
     return [tensor("x", x, "FP32"), tensor("idx", idx, "INT64")]
+
+
+def digit_images(rows: int, seed: int) -> np.ndarray:
+    """8x8 images with pixel values 0 to 16, as digits-wide was trained on."""
+    return np.random.default_rng(seed).integers(0, 17, (rows, 64)).astype(np.float32)
 
 
 def failure(exc: pytest.ExceptionInfo[InferenceServerException]) -> tuple[str, str]:
@@ -226,7 +230,7 @@ def test_multi_row_requests(client: triton.InferenceServerClient) -> None:
     assert result.as_numpy("scaled").shape == (32, 3)
     np.testing.assert_array_equal(result.as_numpy("scaled"), 2 * x)
     np.testing.assert_array_equal(result.as_numpy("picked"), np.take_along_axis(x, idx, axis=1))
-    images = load_digits().data[:17].astype(np.float32)
+    images = digit_images(17, seed=5)
     digits = client.infer("digits-wide", [tensor("input", images, "FP32")], client_timeout=T)
     assert digits.as_numpy("label").shape == (17,)
     assert digits.as_numpy("probabilities").shape == (17, 10)
@@ -238,7 +242,7 @@ async def test_aio_client_describes_and_serves_64_concurrent_requests_as_onnx_ru
     session = ort.InferenceSession(
         str(repo / "digits-wide" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    images = load_digits().data.astype(np.float32)
+    images = digit_images(256, seed=6)
     requests = [images[i * 4 : i * 4 + 1 + i % 4] for i in range(64)]  # 1 to 4 rows each
     async with triton_aio.InferenceServerClient(server.target) as client:
         assert await client.is_server_live(client_timeout=T)
