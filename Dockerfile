@@ -10,6 +10,7 @@
 #   BASE_IMAGE   any Debian or Ubuntu image; Python 3.11+ and venv are installed if missing.
 #                GPU: a CUDA 13.x runtime image with cuDNN 9, what onnxruntime-gpu 1.31 is built for
 #   VERSION, REVISION, CREATED   OCI labels (the release, the git commit, the build time)
+# Ports: 8000 HTTP (INSCALE_PORT), 8001 gRPC (INSCALE_GRPC_PORT; 0 turns gRPC off).
 # Pin the base by digest for a byte-for-byte rebuild (BASE_IMAGE=python:3.11-slim-bookworm@sha256:...).
 # With podman or buildah, build with `--format docker`: the OCI format has no HEALTHCHECK.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -96,14 +97,19 @@ ENV PATH=/opt/inscale-app/bin:/opt/inscale/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     INSCALE_HOST=0.0.0.0 \
     INSCALE_PORT=8000 \
+    INSCALE_GRPC_PORT=8001 \
     INSCALE_LOG_FORMAT=json \
     INSCALE_SHUTDOWN_GRACE_S=8
 
 USER 10001:10001
-EXPOSE 8000
+# 8000: HTTP (/predict, the V2 routes, /metrics, health). 8001: the Open Inference Protocol
+# over gRPC, Triton's port (INSCALE_GRPC_PORT=0 turns it off).
+EXPOSE 8000 8001
 # On SIGTERM the server stops accepting, reports not ready, and finishes what it accepted.
 STOPSIGNAL SIGTERM
 # Liveness only: "ready" depends on models loading, which Kubernetes probes separately.
+# Over HTTP, which is always on; gRPC health (grpc.health.v1) is there for Kubernetes' gRPC
+# probes and grpc_health_probe, and needs no tool in the image.
 # No curl in the image: Python's urllib raises (exit status 1) on a refused connection, a
 # timeout or a non-2xx answer.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

@@ -22,6 +22,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
 SERVER_PORT = 8000  # the image's INSCALE_PORT
+GRPC_PORT = 8001  # the image's INSCALE_GRPC_PORT
 
 
 def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str]]:
@@ -82,7 +83,15 @@ def test_every_port_is_bound_to_localhost() -> None:
     for name, service in SERVICES.items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
-    assert SERVICES["inscale"]["ports"] == [f"127.0.0.1:{SERVER_PORT}:{SERVER_PORT}"]
+    assert SERVICES["inscale"]["ports"] == [
+        f"127.0.0.1:{SERVER_PORT}:{SERVER_PORT}",
+        f"127.0.0.1:{GRPC_PORT}:{GRPC_PORT}",
+    ]
+    # The ports the image listens on by default, so publishing them needs no setting.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"INSCALE_PORT={SERVER_PORT}" in dockerfile
+    assert f"INSCALE_GRPC_PORT={GRPC_PORT}" in dockerfile
+    assert "INSCALE_GRPC_PORT" not in SERVICES["inscale"]["environment"]
 
 
 def test_prometheus_runs_the_monitoring_config_aimed_at_the_compose_service(

@@ -23,10 +23,12 @@ from support.containers import (
     Build,
     Container,
     build_image,
+    free_port,
     podman,
     podman_problem,
     running_container,
 )
+from support.grpc_health import health_status, wait_serving
 
 SAMPLE = json.loads((ROOT / "service/inscale/bundled_models/sample_input.json").read_text())
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "loadtests/Dockerfile"]
@@ -181,10 +183,11 @@ def test_image_metadata() -> None:
     assert config["User"] == IMAGE_USER
     assert config["Entrypoint"] == ["inscale"] and config["Cmd"] == ["serve"]
     assert config["StopSignal"] == "SIGTERM"
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert {"8000/tcp", "8001/tcp"} <= config["ExposedPorts"].keys()
     assert "/health/live" in " ".join(config["Healthcheck"]["Test"])
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["INSCALE_HOST"] == "0.0.0.0" and env["INSCALE_PORT"] == "8000"
+    assert env["INSCALE_GRPC_PORT"] == "8001"  # on by default, Triton's port
     assert env["INSCALE_PROVIDERS"] == "cpu"
     # `docker stop` sends SIGKILL after 10 s unless told otherwise: the drain must fit.
     assert float(env["INSCALE_SHUTDOWN_GRACE_S"]) < DOCKER_STOP_DEFAULT_S
@@ -225,6 +228,20 @@ def test_image_serves_as_non_root_on_a_read_only_root_and_stops_cleanly() -> Non
 
         podman("stop", "--time=30", container.name, timeout=60)
         assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_image_serves_grpc_health_once_ready() -> None:
+    """gRPC on (a free port: the host network is shared), as Kubernetes' gRPC probe asks it."""
+    image = image_built("cpu").image
+    grpc_port = free_port()
+    with running_container(image, env={"INSCALE_GRPC_PORT": str(grpc_port)}) as container:
+        container.wait_ready()
+        target = f"127.0.0.1:{grpc_port}"
+        wait_serving(target, "", timeout_s=10)  # the whole server, as /health/ready
+        assert health_status(target, "digits") == "SERVING"  # one model
+        assert f"gRPC server listening on 127.0.0.1:{grpc_port}" in container.logs()
 
 
 @pytest.mark.slow

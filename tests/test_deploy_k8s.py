@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import kubernetes_validate
 import pytest
@@ -30,7 +31,8 @@ from support.containers import (
     podman_problem,
     unique_name,
 )
-from support.server import ServerProcess
+from support.grpc_health import health_status, wait_serving
+from support.server import ServerProcess, running_server
 
 K8S = ROOT / "k8s"
 MANIFESTS = sorted(K8S.glob("*.yaml"))
@@ -80,9 +82,31 @@ def probes(container: Doc) -> dict[str, Doc]:
     return {kind: container[kind]["httpGet"] for kind in kinds}
 
 
-def http_port(container: Doc) -> int:
-    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
+def container_port(container: Doc, name: str) -> int:
+    (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == name]
     return int(port)
+
+
+def http_port(container: Doc) -> int:
+    return container_port(container, "http")
+
+
+def grpc_port(container: Doc) -> int:
+    return container_port(container, "grpc")
+
+
+def commented_grpc_probe() -> Doc:
+    """The gRPC readiness probe the Deployment documents as a commented alternative, parsed."""
+    lines = (K8S / "20-deployment.yaml").read_text().splitlines()
+    start = lines.index("          #   readinessProbe:")
+    block = []
+    for line in lines[start:]:
+        found = re.match(r"^( *)#   (.*)$", line)
+        if found is None:
+            break
+        block.append(found.group(1) + found.group(2))
+    probe: Doc = yaml.safe_load("\n".join(block))["readinessProbe"]
+    return probe
 
 
 def resolve_port(container: Doc, port: int | str) -> int:
@@ -164,19 +188,49 @@ def test_config_maps_and_volumes_referenced_by_the_pod_exist() -> None:
 def test_ports_agree_everywhere() -> None:
     docs = base_docs()
     container = server_container(docs)
-    port = http_port(container)
-    assert int(env_of(container)["INSCALE_PORT"]) == port
+    port, port_grpc = http_port(container), grpc_port(container)
+    env = env_of(container)
+    assert int(env["INSCALE_PORT"]) == port
+    assert int(env["INSCALE_GRPC_PORT"]) == port_grpc
     for probe in probes(container).values():
         assert resolve_port(container, probe["port"]) == port
-    (service_port,) = find(docs, "Service")["spec"]["ports"]
-    assert resolve_port(container, service_port["targetPort"]) == port
+    service_ports = {p["name"]: p for p in find(docs, "Service")["spec"]["ports"]}
+    assert service_ports.keys() == {"http", "grpc"}
+    assert resolve_port(container, service_ports["http"]["targetPort"]) == port
+    assert resolve_port(container, service_ports["grpc"]["targetPort"]) == port_grpc
+    # Clients reach gRPC on the Service at the port they would use on the pod, as HTTP.
+    assert service_ports["grpc"]["port"] == port_grpc and service_ports["http"]["port"] == port
+    assert service_ports["grpc"]["appProtocol"] == "grpc"
     annotations = find(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == port
-    for rule in find(docs, "NetworkPolicy")["spec"]["ingress"]:
-        assert [resolve_port(container, p["port"]) for p in rule["ports"]] == [port]
-    # The image listens there by default too.
+    # Every rule allows HTTP (Prometheus scrapes there); clients' rules allow gRPC too.
+    allowed = [
+        [resolve_port(container, p["port"]) for p in rule["ports"]]
+        for rule in find(docs, "NetworkPolicy")["spec"]["ingress"]
+    ]
+    assert all(port in ports and set(ports) <= {port, port_grpc} for ports in allowed), allowed
+    assert any(port_grpc in ports for ports in allowed), allowed
+    # The image listens there by default too, and so does the server without the image.
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert f"EXPOSE {port}" in dockerfile and f"INSCALE_PORT={port}" in dockerfile
+    assert re.search(rf"^EXPOSE {port} {port_grpc}$", dockerfile, re.MULTILINE)
+    assert f"INSCALE_PORT={port}" in dockerfile and f"INSCALE_GRPC_PORT={port_grpc}" in dockerfile
+    assert ServerSettings.model_fields["grpc_port"].default == port_grpc
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_documented_grpc_readiness_probe_is_valid_and_asks_the_grpc_port(
+    version: str,
+) -> None:
+    docs = base_docs()
+    probe = commented_grpc_probe()
+    # gRPC probes take a port number only (no name), and the health service answers "" for
+    # the whole server's readiness: the same question as /health/ready.
+    assert probe["grpc"] == {"port": grpc_port(server_container(docs)), "service": ""}
+    assert probe.keys() - {"grpc"} == server_container(docs)["readinessProbe"].keys() - {"httpGet"}
+    deployment = copy.deepcopy(find(docs, "Deployment"))
+    container = server_container([deployment])
+    container["readinessProbe"] = probe
+    kubernetes_validate.validate(deployment, version, strict=True)
 
 
 def test_pod_is_hardened() -> None:
@@ -299,6 +353,22 @@ def test_probe_and_scrape_paths_are_served(bundled_server: ServerProcess) -> Non
         assert response.headers["content-type"].startswith("text/plain")
 
 
+def test_the_grpc_probe_service_answers_as_the_http_readiness_probe() -> None:
+    """What the commented gRPC probe asks, on a server with gRPC on (the image's default)."""
+    probe = commented_grpc_probe()["grpc"]
+    port = free_port()
+    with running_server(None, "--grpc-port", str(port)) as server:
+        target = f"127.0.0.1:{port}"
+        # The HTTP probe says ready; the gRPC one agrees within a health refresh.
+        assert httpx.get(f"{server.url}/health/ready", timeout=5).status_code == 200
+        wait_serving(target, probe["service"], timeout_s=10)
+        # A model's name asks about that model; a name the server never served is unknown.
+        assert health_status(target, "digits-wide") == "SERVING"
+        with pytest.raises(grpc.RpcError) as unknown:
+            health_status(target, "no-such-model")
+        assert unknown.value.code() is grpc.StatusCode.NOT_FOUND
+
+
 def adapter_rules() -> list[Doc]:
     values = yaml.safe_load((K8S / "prometheus-adapter/values.yaml").read_text())
     assert values["rules"]["default"] is False
@@ -399,13 +469,16 @@ def test_gpu_overlay_renders_valid_manifests_that_differ_only_for_the_gpu() -> N
 # --- the Deployment's pod under podman kube play ---------------------------------------------
 
 
-def for_podman(docs: list[Doc], image: str, port: int, token: str) -> tuple[str, list[str]]:
+def for_podman(
+    docs: list[Doc], image: str, port: int, port_grpc: int, token: str
+) -> tuple[str, list[str]]:
     """The ConfigMaps and the Deployment as podman 4.3 can run them here, and the volumes
     it will create. Only what this machine forces is changed:
 
-    - the image is the one just built, and the pod uses the host network, on a free loopback
-      port: container port, INSCALE_PORT and the probes' named port all move to it together,
-      and podman refuses port mappings on the host network (so `ports` goes once resolved);
+    - the image is the one just built, and the pod uses the host network, on free loopback
+      ports: container port, INSCALE_PORT and the probes' named port all move to `port`
+      together, and INSCALE_GRPC_PORT to `port_grpc`; podman refuses port mappings on the host
+      network (so `ports` goes once resolved);
     - restartPolicy OnFailure: podman 4.3 restarts init containers forever under Always;
     - names get a unique suffix: podman turns volumes and ConfigMaps into named volumes.
     """
@@ -431,6 +504,7 @@ def for_podman(docs: list[Doc], image: str, port: int, token: str) -> tuple[str,
             source["configMapRef"]["name"] = renamed[source["configMapRef"]["name"]]
     server = server_container(docs)
     assert env_of(server)["INSCALE_PORT"] == str(http_port(server))
+    assert env_of(server)["INSCALE_GRPC_PORT"] == str(grpc_port(server))
     for probe in probes(server).values():
         assert resolve_port(server, probe["port"]) == http_port(server)
         probe["port"] = port
@@ -438,6 +512,8 @@ def for_podman(docs: list[Doc], image: str, port: int, token: str) -> tuple[str,
     for variable in server["env"]:
         if variable["name"] == "INSCALE_PORT":
             variable["value"] = str(port)
+        if variable["name"] == "INSCALE_GRPC_PORT":
+            variable["value"] = str(port_grpc)
         if variable["name"] == "INSCALE_HOST":
             variable["value"] = "127.0.0.1"
     volumes = [v["name"] for v in spec["volumes"]]
@@ -453,8 +529,8 @@ def test_deployment_pod_starts_and_gets_ready_under_podman_kube_play() -> None:
         pytest.skip(f"podman cannot run here: {reason}")
     image = build_image("cpu").image
     docs = base_docs()
-    port, token = free_port(), unique_name("test")
-    manifest, volumes = for_podman(docs, image, port, token)
+    port, port_grpc, token = free_port(), free_port(), unique_name("test")
+    manifest, volumes = for_podman(docs, image, port, port_grpc, token)
     pod = f"{find(docs, 'Deployment')['metadata']['name']}-{token}-pod-0"
     with kube_play(manifest, volumes):
         container = Container(f"{pod}-inscale", port)
@@ -463,6 +539,8 @@ def test_deployment_pod_starts_and_gets_ready_under_podman_kube_play() -> None:
         for kind, probe in probes(server).items():
             response = httpx.get(f"{container.url}{probe['path']}", timeout=5)
             assert response.status_code == 200, f"{kind} {probe['path']}: {response.text}"
+        # The documented gRPC readiness probe's question gets SERVING from the pod too.
+        wait_serving(f"127.0.0.1:{port_grpc}", commented_grpc_probe()["grpc"]["service"], 10)
         # The init container assembled /models from the bundled models and the ConfigMap.
         wide = httpx.get(f"{container.url}/models/digits-wide", timeout=10).json()
         config = yaml.safe_load(
