@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from inscale.batch_arrays import Arrays
 from inscale.datatypes import BY_NAME, DataType, from_name
@@ -41,6 +42,8 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 _CONTENT_FIELDS = frozenset(_CONTENTS.values())
+# Fields shared by narrower types (INT8/16 in int_contents, UINT8/16 in uint_contents).
+_WIRE_WIDTH = {"int_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint64)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,9 @@ def _datatype(tensor: Any) -> DataType:
 def _shape(tensor: Any) -> list[int]:
     shape = list(tensor.shape)
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{tensor.name}': \"shape\" must be non-negative integers")
+        raise InvalidInput(
+            f"input '{tensor.name}': \"shape\" must be an array of non-negative integers"
+        )
     return shape
 
 
@@ -158,7 +163,9 @@ def _from_contents(name: str, datatype: DataType, shape: list[int], contents: An
         )
     if datatype.name == "BYTES":
         return _strings(name, values).reshape(shape)
-    wide = np.array(values, dtype=np.int64 if field == "int_contents" else datatype.numpy)
+    # The wire's own width first: numpy refuses (OverflowError) to build a narrower array
+    # from a value outside its range, and that must be the user's error, not a crash.
+    wide = np.array(values, dtype=_WIRE_WIDTH.get(field, datatype.numpy))
     if datatype.numpy.kind in "iu" and wide.dtype != datatype.numpy and wide.size:
         info = np.iinfo(datatype.numpy)
         if wide.min() < info.min or wide.max() > info.max:
@@ -205,9 +212,12 @@ def _count(parameters: Mapping[str, Any], key: str, what: str) -> int:
         return 0
     parameter = parameters[key]
     kind = parameter.WhichOneof("parameter_choice")
-    value: int = getattr(parameter, kind) if kind in ("int64_param", "uint64_param") else -1
-    if value < 0:
-        raise InvalidInput(f"{what} must be a non-negative integer")
+    value: object = getattr(parameter, kind) if kind else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        # Shown as HTTP shows the JSON value: `got -5`, `got "high"`, `got true`.
+        raise InvalidInput(
+            f"{what} must be a non-negative integer, got {orjson.dumps(value).decode()}"
+        )
     return value
 
 
