@@ -101,6 +101,8 @@ def test_panels_have_titles_units_and_the_template_variables() -> None:
     overview = " ".join(p["title"] for p in boards["inscale-overview.json"]["panels"])
     for word in ("Requests per second", "latency", "queue", "Batch size", "Memory", "CPU"):
         assert word in overview
+    for word in ("by protocol", "gRPC calls by status code", "gRPC server error ratio"):
+        assert word in overview
     scaling = " ".join(p["title"] for p in boards["inscale-scaling.json"]["panels"])
     for word in ("Replicas", "per replica", "Latency as load grows"):
         assert word in scaling

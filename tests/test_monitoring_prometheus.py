@@ -1,7 +1,7 @@
 """Every PromQL expression we ship returns data from a real Prometheus scraping real inscale.
 
-A real `inscale serve` process takes a short mixed load (good requests of 1 to 4 rows, bad
-input, a model that raises, unknown routes) while Debian's `prometheus` (a plain background
+A real `inscale serve` process takes a short mixed load (good requests of 1 to 4 rows over
+HTTP and gRPC, bad input, a model that raises, unknown routes and models) while Debian's `prometheus` (a plain background
 process on a loopback port, scraping every second with the shipped rules) scrapes it. Then
 each expression of the dashboards, the recording rules and the alert rules goes through
 Prometheus's HTTP API and must return at least one series. An alert's expression is checked
@@ -10,6 +10,7 @@ return series: the alert is wired to real data, it just is not firing). GPU expr
 return nothing here: without a GPU the series are absent, not zero.
 """
 
+import contextlib
 import json
 import random
 import re
@@ -24,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import yaml
+from tritonclient.utils import InferenceServerException
 
 from support.server import ServerProcess, running_server
 
@@ -147,8 +151,9 @@ class Prometheus:
 class Load:
     """A few threads of mixed traffic until stopped: bounded in time by the test."""
 
-    def __init__(self, url: str, threads: int = 4) -> None:
+    def __init__(self, url: str, grpc_target: str, threads: int = 4) -> None:
         self.url = url
+        self.grpc_target = grpc_target
         self.stop = threading.Event()
         self.sent = 0
         self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
@@ -166,12 +171,21 @@ class Load:
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
         deadline = time.monotonic() + 120  # never outlives a broken test
+        grpc = grpcclient.InferenceServerClient(self.grpc_target)
         with httpx.Client(base_url=self.url, timeout=10) as client:
             while not self.stop.is_set() and time.monotonic() < deadline:
                 pick = rng.random()
-                if pick < 0.85:
+                if pick < 0.70:
                     rows = [[1.0, 2.0, 3.0, 4.0]] * rng.randint(1, 4)
                     client.post("/predict", json={"model": "identity", "inputs": rows})
+                elif pick < 0.85:
+                    # gRPC: the protocol panels' series; unknown models answer NOT_FOUND.
+                    model = "identity" if pick < 0.83 else "no-such-model"
+                    count = rng.randint(1, 4)
+                    x = grpcclient.InferInput("x", [count, 4], "FP32")
+                    x.set_data_from_numpy(np.ones((count, 4), dtype=np.float32))
+                    with contextlib.suppress(InferenceServerException):
+                        grpc.infer(model, [x], client_timeout=10)
                 elif pick < 0.90:
                     client.post("/predict", json={"model": "identity", "inputs": [[1, 2]]})
                 elif pick < 0.95:
@@ -180,6 +194,7 @@ class Load:
                 else:
                     client.get("/no/such/route")
                 self.sent += 1
+        grpc.close()
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +221,13 @@ def stack(
     prometheus_bin: str, test_repo: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """inscale and Prometheus, after a load that lasted until every expression had data."""
-    with running_server(test_repo) as server:
+    grpc_port = free_port()
+    with running_server(test_repo, "--grpc-port", str(grpc_port)) as server:
         prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.port}")
         try:
             prometheus.wait_ready()
             rest = [(w, e) for w, e in expressions() if "inscale_gpu_" not in e]
-            with Load(server.url) as load:
+            with Load(server.url, f"127.0.0.1:{grpc_port}") as load:
                 deadline = time.monotonic() + SETTLE_TIMEOUT_S
                 while True:  # the first scrapes and rule runs take seconds: poll
                     empty = [
@@ -258,6 +274,10 @@ def test_the_data_behind_the_panels_is_right(stack: Stack) -> None:
     assert scalar('sum(inscale_requests_total{model="identity", outcome="bad_input"})') > 0
     assert scalar('sum(inscale_requests_total{model="pair", outcome="model_error"})') > 0
     assert scalar('sum(inscale_http_requests_total{route="<unmatched>", status="404"})') > 0
+    assert scalar('sum(inscale_grpc_requests_total{method="ModelInfer", code="OK"})') > 0
+    assert scalar('sum(inscale_grpc_requests_total{method="ModelInfer", code="NOT_FOUND"})') > 0
+    # An unknown model's name creates no per-model series, over gRPC as over HTTP.
+    assert prometheus.query('inscale_requests_total{model="no-such-model"}') == []
     mean_batch = scalar(
         'sum(inscale_inference_rows_total{model="identity"})'
         ' / sum(inscale_model_runs_total{model="identity"})'

@@ -3,9 +3,10 @@
     python monitoring/grafana/build_dashboards.py
 
 Two dashboards: `inscale-overview.json` (what one looks at when paged: traffic, failures,
-latency, batching, memory and CPU) and `inscale-scaling.json` (replicas, per-replica
-throughput, latency as load grows). Every query is run against a real Prometheus by
-tests/test_monitoring_prometheus.py; the panels here are plain Grafana JSON (schema 39).
+HTTP and gRPC side by side, latency, batching, memory and CPU) and `inscale-scaling.json`
+(replicas, per-replica throughput, latency as load grows). Every query is run against a real
+Prometheus by tests/test_monitoring_prometheus.py; the panels here are plain Grafana JSON
+(schema 39).
 """
 
 import json
@@ -18,6 +19,10 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'model=~"$model", instance=~"$instance"'  # the two template variables
 INST = 'job="inscale", instance=~"$instance"'
 RATE = "$__rate_interval"
+# gRPC series carry `method` and `code` (no model): the inference methods, and the codes that
+# are the server's fault (errors.GRPC_STATUS in inscale.protocols.grpc).
+GRPC_INFER = 'method=~"ModelInfer|ModelStreamInfer"'
+GRPC_SERVER_FAULTS = 'code=~"UNAVAILABLE|DEADLINE_EXCEEDED|INTERNAL"'
 
 Panel = dict[str, Any]
 
@@ -26,6 +31,20 @@ def rate_sum(metric: str, by: str, match: str = "") -> str:
     """`sum by (by) (rate(metric{model, instance[, match]}[$__rate_interval]))`."""
     labels = f"{SEL}, {match}" if match else SEL
     return f"sum by ({by}) (rate({metric}{{{labels}}}[{RATE}]))"
+
+
+def grpc_server_error_ratio() -> str:
+    """Per method, the share of gRPC calls that failed through the server's fault.
+
+    A code's series exists only once a call has ended with it, so the failures fall back to
+    0 x all calls: the ratio reads 0, not "no data", while nothing failed.
+    """
+    calls = f"sum by (method) (rate(inscale_grpc_requests_total{{{INST}}}[{RATE}]))"
+    failed = (
+        "sum by (method) (rate(inscale_grpc_requests_total"
+        f"{{{INST}, {GRPC_SERVER_FAULTS}}}[{RATE}]))"
+    )
+    return f"({failed} or 0 * {calls}) / {calls}"
 
 
 def target(expr: str, legend: str, ref: str) -> dict[str, Any]:
@@ -248,34 +267,81 @@ def overview() -> dict[str, Any]:
             (12, 9, 12, 7),
             stack=True,
         ),
-        row("Latency", 16),
+        row("Protocols", 16),
+        timeseries(
+            "Requests per second by protocol",
+            "Every HTTP request (probes and scrapes included) and every gRPC call (each request "
+            "of a stream once); not per model: the panels above count every protocol.",
+            "reqps",
+            [
+                (f"sum(rate(inscale_http_requests_total{{{INST}}}[{RATE}]))", "HTTP"),
+                (f"sum(rate(inscale_grpc_requests_total{{{INST}}}[{RATE}]))", "gRPC"),
+            ],
+            (0, 17, 6, 7),
+            stack=True,
+        ),
+        timeseries(
+            "gRPC calls by status code",
+            "Every gRPC call by its status code: INVALID_ARGUMENT and NOT_FOUND are the "
+            "client's, UNAVAILABLE (not ready, queue full, shutting down), DEADLINE_EXCEEDED "
+            "and INTERNAL the server's.",
+            "reqps",
+            [(f"sum by (code) (rate(inscale_grpc_requests_total{{{INST}}}[{RATE}]))", "{{code}}")],
+            (6, 17, 6, 7),
+            stack=True,
+        ),
+        timeseries(
+            "gRPC server error ratio",
+            "Share of each method's calls that failed through the server's fault (UNAVAILABLE, "
+            "DEADLINE_EXCEEDED, INTERNAL); 0 while none did.",
+            "percentunit",
+            [(grpc_server_error_ratio(), "{{method}}")],
+            (12, 17, 6, 7),
+        ),
+        timeseries(
+            "gRPC inference latency",
+            "ModelInfer calls, and each request of a ModelStreamInfer stream, from the call's "
+            "arrival to its answer.",
+            "s",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (method, le) (rate("
+                    f"inscale_grpc_request_duration_seconds_bucket{{{INST}, {GRPC_INFER}}}"
+                    f"[{RATE}])))",
+                    f"{{{{method}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.99)
+            ],
+            (18, 17, 6, 7),
+        ),
+        row("Latency", 24),
         timeseries(
             "End-to-end latency",
             "Answered inference requests, from the first byte read to the last byte sent.",
             "s",
             percentiles("inscale_request_duration_seconds"),
-            (0, 17, 8, 8),
+            (0, 25, 8, 8),
         ),
         timeseries(
             "Time in the queue",
             "How long requests waited for a batch to start.",
             "s",
             percentiles("inscale_queue_duration_seconds"),
-            (8, 17, 8, 8),
+            (8, 25, 8, 8),
         ),
         timeseries(
             "Compute time per model run",
             "Merge, ONNX Runtime and split for one batch, observed once per run.",
             "s",
             percentiles("inscale_compute_duration_seconds"),
-            (16, 17, 8, 8),
+            (16, 25, 8, 8),
         ),
-        row("Batching", 25),
+        row("Batching", 33),
         heatmap(
             "Batch size distribution",
             "Model runs per batch-size bucket (rows per run); brighter is more runs.",
             f"sum by (le) (increase(inscale_batch_size_rows_bucket{{{SEL}}}[{RATE}]))",
-            (0, 26, 8, 8),
+            (0, 34, 8, 8),
         ),
         timeseries(
             "Average batch size",
@@ -288,7 +354,7 @@ def overview() -> dict[str, Any]:
                     "{{model}}",
                 )
             ],
-            (8, 26, 8, 8),
+            (8, 34, 8, 8),
         ),
         timeseries(
             "Queue depth and requests in flight",
@@ -298,9 +364,9 @@ def overview() -> dict[str, Any]:
                 (f"sum by (model) (inscale_queue_depth_requests{{{SEL}}})", "queued {{model}}"),
                 (f"sum by (model) (inscale_requests_in_flight{{{SEL}}})", "in flight {{model}}"),
             ],
-            (16, 26, 8, 8),
+            (16, 34, 8, 8),
         ),
-        row("Resources", 34),
+        row("Resources", 42),
         timeseries(
             "Memory",
             "Resident memory of each replica (all its workers), and GPU memory in use where "
@@ -316,7 +382,7 @@ def overview() -> dict[str, Any]:
                     "GPU {{gpu_uuid}}",
                 ),
             ],
-            (0, 35, 7, 8),
+            (0, 43, 7, 8),
         ),
         timeseries(
             "Memory used of its limit",
@@ -330,7 +396,7 @@ def overview() -> dict[str, Any]:
                     "{{instance}}",
                 )
             ],
-            (7, 35, 5, 8),
+            (7, 43, 5, 8),
         ),
         timeseries(
             "CPU",
@@ -342,23 +408,23 @@ def overview() -> dict[str, Any]:
                     "{{instance}}",
                 )
             ],
-            (12, 35, 6, 8),
+            (12, 43, 6, 8),
         ),
         timeseries(
             "GPU utilization",
             "Share of time a kernel ran, per GPU; empty without a GPU.",
             "percentunit",
             [(f"max by (gpu_uuid) (inscale_gpu_utilization_ratio{{{INST}}})", "{{gpu_uuid}}")],
-            (18, 35, 6, 8),
+            (18, 43, 6, 8),
         ),
-        row("Models", 43),
+        row("Models", 51),
         stat(
             "Model load time",
             "How long the last load of each version took (sessions, checks, warm-up).",
             "s",
             f"max by (model, version) (inscale_model_load_duration_seconds{{{SEL}}})",
             "{{model}} v{{version}}",
-            (0, 44, 8, 5),
+            (0, 52, 8, 5),
         ),
         stat(
             "Model size",
@@ -366,7 +432,7 @@ def overview() -> dict[str, Any]:
             "bytes",
             f"max by (model, version) (inscale_model_size_bytes{{{SEL}}})",
             "{{model}} v{{version}}",
-            (8, 44, 8, 5),
+            (8, 52, 8, 5),
         ),
         stat(
             "Workers with the model ready",
@@ -374,7 +440,7 @@ def overview() -> dict[str, Any]:
             "short",
             f'sum by (model, version) (inscale_model_state{{{SEL}, state="READY"}})',
             "{{model}} v{{version}}",
-            (16, 44, 8, 5),
+            (16, 52, 8, 5),
         ),
     ]
     return dashboard(
