@@ -19,9 +19,12 @@ class PerfAnalyzer:
     binary: Path
     env: dict[str, str] = field(repr=False)  # LD_LIBRARY_PATH names the venv's libcudart
 
-    def command(self, url: str, model: str, *args: str) -> list[str]:
+    def command(self, url: str, model: str, *args: str, protocol: str = "http") -> list[str]:
+        """`url`: the HTTP base URL or, for `protocol="grpc"`, the gRPC `host:port`."""
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"perf_analyzer speaks http or grpc, not {protocol!r}")
         host = url.removeprefix("http://")
-        return [str(self.binary), "-m", model, "-u", host, "-i", "http", *args]
+        return [str(self.binary), "-m", model, "-u", host, "-i", protocol, *args]
 
 
 def find_perf_analyzer() -> PerfAnalyzer | str:
