@@ -9,7 +9,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -101,7 +100,6 @@ def test_a_short_grpc_deadline_on_a_stalled_model_is_exceeded_and_never_runs(
 ) -> None:
     before = model_counters(server.url, "busy")
     holder = hold(server, pool)
-    started = time.monotonic()
     client = triton.InferenceServerClient(server.target)
     try:
         inputs = [triton.InferInput("x", [1, 4], "FP32"), triton.InferInput("work", [1], "INT64")]
@@ -116,14 +114,14 @@ def test_a_short_grpc_deadline_on_a_stalled_model_is_exceeded_and_never_runs(
         client.close()
     with pytest.raises(grpc.RpcError) as by_stub:
         unary(server.target, busy_request(2.0), timeout=0.2)
-    assert time.monotonic() - started < 1.2, "the deadlines were not kept while the model ran"
     assert by_client.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     assert by_stub.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert by_parameter.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     assert (
         by_parameter.value.message() == "model 'busy': request timed out after 100 ms in the queue"
     )
-    assert model_counters(server.url, "busy")["running"] == 1  # still the holder
+    # All three failed while the holder still ran: the deadlines were kept, not outwaited.
+    assert model_counters(server.url, "busy")["running"] == 1
     np.testing.assert_array_equal(y_of(holder.result(T)), np.full((1, 4), -1.0))
     after = model_counters(server.url, "busy")
     assert after["rows"] - before["rows"] == 1  # only the holder ran
