@@ -266,10 +266,9 @@ async def test_aio_client_describes_and_serves_64_concurrent_requests_as_onnx_ru
     for rows, answer in zip(requests, answers, strict=True):
         label, probabilities = session.run(["label", "probabilities"], {"input": rows})
         np.testing.assert_array_equal(answer.as_numpy("label"), label)
-        # Batched rows go through a larger GEMM: equal up to float rounding, not bit for bit.
-        np.testing.assert_allclose(
-            answer.as_numpy("probabilities"), probabilities, rtol=1e-5, atol=1e-7
-        )
+        # Bit for bit here (7 runs for 64 requests), but a batch's GEMM may block differently
+        # on another CPU: allow the last float bits.
+        np.testing.assert_allclose(answer.as_numpy("probabilities"), probabilities, rtol=1e-6)
     (was,), (now,) = before.model_stats, after.model_stats
     assert now.inference_count - was.inference_count == sum(len(r) for r in requests)
     assert 1 <= now.execution_count - was.execution_count <= 64
