@@ -489,19 +489,20 @@ def test_unknown_model_or_bad_version(
     [
         ("ModelMetadata", pb.ModelMetadataRequest(name="nope"), "unknown model 'nope'"),
         ("ModelConfig", pb.ModelConfigRequest(name="nope"), "unknown model 'nope'"),
-        ("ModelReady", pb.ModelReadyRequest(name="nope"), "unknown model 'nope'"),
         ("ModelStatistics", pb.ModelStatisticsRequest(name="nope"), "unknown model 'nope'"),
-        (
-            "ModelReady",
-            pb.ModelReadyRequest(name="identity", version="4"),
-            "model 'identity' has no version 4",
-        ),
     ],
 )
 def test_other_rpcs_on_an_unknown_model_are_not_found(
     stub: Stub, method: str, request_message: Any, message: str
 ) -> None:
     expect(rpc_error(getattr(stub, method), request_message), grpc.StatusCode.NOT_FOUND, message)
+
+
+def test_model_ready_is_false_not_an_error_for_unknown_models_and_versions(stub: Stub) -> None:
+    # As Triton answers: clients poll ModelReady until a model is ready.
+    assert stub.ModelReady(pb.ModelReadyRequest(name="nope")).ready is False
+    assert stub.ModelReady(pb.ModelReadyRequest(name="identity", version="4")).ready is False
+    assert stub.ModelReady(pb.ModelReadyRequest(name="identity")).ready is True
 
 
 def test_model_that_failed_to_load_is_unavailable_saying_what_http_says(

@@ -105,13 +105,16 @@ def test_server_live_ready_and_metadata_as_over_http(
 def test_model_ready_and_unknown_models(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready("pair", client_timeout=T)
     assert client.is_model_ready("pair", "1", client_timeout=T)
-    # Unknown models and versions are NOT_FOUND errors (as HTTP's 404), not `ready: false`.
-    with pytest.raises(InferenceServerException) as unknown:
-        client.is_model_ready("no-such-model", client_timeout=T)
-    assert failure(unknown) == ("StatusCode.NOT_FOUND", "unknown model 'no-such-model'")
-    with pytest.raises(InferenceServerException) as version:
-        client.is_model_ready("pair", "7", client_timeout=T)
-    assert failure(version) == ("StatusCode.NOT_FOUND", "model 'pair' has no version 7")
+    # Unknown models and versions are `ready: false`, as Triton answers, so a client's
+    # wait-until-ready loop works (tritonclient.grpc raises on an error status here).
+    assert client.is_model_ready("no-such-model", client_timeout=T) is False
+    assert client.is_model_ready("pair", "7", client_timeout=T) is False
+    with pytest.raises(InferenceServerException) as bad:
+        client.is_model_ready("pair", "seven", client_timeout=T)
+    assert failure(bad) == (
+        "StatusCode.INVALID_ARGUMENT",
+        "model version 'seven' is not a positive integer",
+    )
 
 
 def test_model_metadata_shows_the_batch_dim_as_minus_one(

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import json_format
 
 from inscale import __version__, control
-from inscale.errors import InscaleError, InvalidInput, ModelNotReady, QueueFull
+from inscale.errors import InscaleError, InvalidInput, ModelNotFound, ModelNotReady, QueueFull
 from inscale.logs import MAX_ID_LENGTH, new_request_id, request_id
 from inscale.metrics.prometheus import Metrics
 from inscale.metrics.series import CounterLike, HistogramLike
@@ -67,10 +67,39 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self._metrics = metrics
         self._children: dict[tuple[str, grpc.StatusCode], tuple[CounterLike, HistogramLike]] = {}
         self._closing = asyncio.Event()  # set when the server begins to shut down
+        self._active = 0  # calls running in our code
+        self._entered = 0  # calls that ever reached our code
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def begin_shutdown(self) -> None:
-        """Open streams stop reading, finish what they took, then end with UNAVAILABLE."""
+        """New calls are refused with UNAVAILABLE from now on; open streams stop reading,
+        answer what they took, then end with UNAVAILABLE."""
         self._closing.set()
+
+    async def drained(self, quiet_s: float) -> None:
+        """Returns once no call runs in our code and none has arrived for `quiet_s`.
+
+        After `begin_shutdown` new calls are refused at once, but grpcio may still hold calls
+        it read and has not handed over yet; waiting for a quiet moment lets them reach us
+        (and be refused with UNAVAILABLE) instead of being cancelled by grpcio's stop().
+        """
+        while True:
+            await self._idle.wait()
+            seen = self._entered
+            await asyncio.sleep(quiet_s)
+            if self._entered == seen and self._idle.is_set():
+                return
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._entered += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
 
     # -- how every RPC runs -----------------------------------------------------------------
 
@@ -86,7 +115,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         token = request_id.set(rid)
         code = _OK
         trailing = [("x-request-id", rid)]
+        self._enter()
         try:
+            if self._closing.is_set():
+                # Refused here rather than left to grpcio's stop(), which would cancel it:
+                # UNAVAILABLE tells the client to retry elsewhere, CANCELLED does not.
+                raise _Failed(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             response = await handle()
             context.set_trailing_metadata(trailing)
             return response
@@ -105,6 +139,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             context.set_trailing_metadata(trailing)
             await context.abort(code, server_failed(rid))
         finally:
+            self._leave()
             request_id.reset(token)
             self._record(method, code, time.perf_counter() - started)
 
@@ -150,8 +185,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def handle() -> Any:
             try:
                 self._model(request.name, request.version)
-            except ModelNotReady:
-                return pb.ModelReadyResponse(ready=False)  # known, but not ready (not an error)
+            except (ModelNotFound, ModelNotReady):
+                # Not an error, as Triton answers: clients poll this until a model is ready.
+                return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
         return await self._serve("ModelReady", context, handle)
@@ -284,6 +320,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             reader.cancel()  # read no more; what was taken is still answered
             answers.put_nowait(_CLOSING)
 
+        if self._closing.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        self._enter()
         reader = asyncio.create_task(read())
         closer = asyncio.create_task(close())
         sent = 0
@@ -301,6 +340,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         finally:
             reader.cancel()
             closer.cancel()
+            self._leave()
         if closing and not ended:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
