@@ -16,13 +16,11 @@ root in the same run, interleaved cell by cell, and prints the ratios current / 
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -36,6 +34,7 @@ from loadtests.bench_models import WIDE_ONNX, build_repository
 from loadtests.harness import machine, wrk
 from loadtests.harness.disturbance import Detector, Disturbance, Limits, score
 from loadtests.harness.processes import ROOT, Started, pinned
+from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
 
 SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
@@ -264,22 +263,18 @@ def main() -> int:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     sources = {s.name: {"root": str(s.source.root), "package": s.source.package} for s in sides}
     baseline = {"http": by_side["baseline"], "targets": targets["baseline"]} if ratios else None
-    document: Row = {
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {**facts, "onnxruntime": raw["onnxruntime"]},
-        "settings": settings,
-        "sources": sources,
-        "disturbance_limits": asdict(limits) | {"probe_reference_ns": references},
-        "raw_ort": raw,
-        "http": by_side["current"],
-        "targets": targets["current"],
-        "baseline": baseline,
-        "ratios": ratios,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_results(
+        args.out,
+        {**facts, "onnxruntime": raw["onnxruntime"]},
+        settings=settings,
+        sources=sources,
+        disturbance_limits=asdict(limits) | {"probe_reference_ns": references},
+        raw_ort=raw,
+        http=by_side["current"],
+        targets=targets["current"],
+        baseline=baseline,
+        ratios=ratios,
+    )
     return 0
 
 

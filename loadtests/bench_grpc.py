@@ -17,7 +17,6 @@ import csv
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from loadtests.harness import machine
 from loadtests.harness.disturbance import Detector
 from loadtests.harness.perf_analyzer import PerfAnalyzer, find_perf_analyzer
 from loadtests.harness.processes import ROOT, free_port, pinned
+from loadtests.harness.results import write_results
 from loadtests.harness.server import inscale_server
 
 Row = dict[str, Any]
@@ -210,20 +210,7 @@ def main() -> None:
     table = summarize(cells, args.concurrency)
     met = targets(table)
     print_table(table, met)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "machine": facts,
-                "table": table,
-                "targets": met,
-                "cells": cells,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {args.out}")
+    write_results(args.out, facts, table=table, targets=met, cells=cells)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from loadtests.harness import machine
 from loadtests.harness.disturbance import Detector
 from loadtests.harness.perf_analyzer import find_perf_analyzer
 from loadtests.harness.processes import ROOT, pinned
+from loadtests.harness.results import write_results
 from loadtests.harness.server import inscale_server
 
 Row = dict[str, Any]
@@ -283,19 +283,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-v2-") as tmp:
             e2e = e2e_rows(args, Path(tmp))
     print_table(codec_figures, e2e)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                "machine": facts,
-                "codec": codec_figures,
-                "end_to_end": e2e,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {args.out}")
+    write_results(args.out, facts, codec=codec_figures, end_to_end=e2e)
 
 
 if __name__ == "__main__":
