@@ -4,8 +4,8 @@ its registry, the control operations) and encodes the answer.
 Model metadata, config and statistics are the same documents the V2 HTTP routes serve
 (`inscale.protocols.v2.config_json`, `stats`), turned into the protocol's messages by
 protobuf's own JSON mapping, so the two transports cannot drift apart. Errors are the core's
-exceptions, mapped to status codes in `errors.GRPC_STATUS`; every RPC is counted and timed by
-method and code.
+exceptions; how every call runs (request id, status codes, metrics, refusal at shutdown) is
+`calls.Calls`.
 """
 
 import asyncio
@@ -18,14 +18,14 @@ import grpc
 from google.protobuf import json_format
 
 from inscale import __version__, control
-from inscale.errors import InscaleError, InvalidInput, ModelNotFound, ModelNotReady, QueueFull
+from inscale.errors import InscaleError, InvalidInput, ModelNotFound, ModelNotReady
 from inscale.logs import MAX_ID_LENGTH, new_request_id, request_id
 from inscale.metrics.prometheus import Metrics
-from inscale.metrics.series import CounterLike, HistogramLike
 from inscale.models.registry import ModelState
 from inscale.models.version import ModelVersion
 from inscale.protocols.grpc import codec
-from inscale.protocols.grpc.errors import code_for, message_for, server_failed
+from inscale.protocols.grpc.calls import Calls, Context, Failed
+from inscale.protocols.grpc.errors import server_failed
 from inscale.protocols.grpc.stubs import model_config_pb2, service_pb2_grpc
 from inscale.protocols.grpc.stubs import service_pb2 as pb
 from inscale.protocols.v2 import config_json, stats
@@ -33,7 +33,6 @@ from inscale.server_state import ServerState
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 _OK = grpc.StatusCode.OK
 _UNIMPLEMENTED = {
     "SystemSharedMemoryStatus": "system shared memory",
@@ -51,116 +50,19 @@ _END = object()  # stream marker: the client sent its last request
 _CLOSING = object()  # stream marker: the server began to shut down
 
 
-class _Failed(Exception):
-    """An RPC ends with this status (raised inside `_serve`, turned into an abort there)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, state: ServerState, metrics: Metrics | None) -> None:
         self._state = state
         self._plane = state.plane
-        self._metrics = metrics
-        self._children: dict[tuple[str, grpc.StatusCode], tuple[CounterLike, HistogramLike]] = {}
-        self._closing = asyncio.Event()  # set when the server begins to shut down
-        self._active = 0  # calls running in our code
-        self._entered = 0  # calls that ever reached our code
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._calls = Calls(metrics)
 
     def begin_shutdown(self) -> None:
         """New calls are refused with UNAVAILABLE from now on; open streams stop reading,
         answer what they took, then end with UNAVAILABLE."""
-        self._closing.set()
+        self._calls.begin_shutdown()
 
     async def drained(self, quiet_s: float) -> None:
-        """Returns once no call runs in our code and none has arrived for `quiet_s`.
-
-        After `begin_shutdown` new calls are refused at once, but grpcio may still hold calls
-        it read and has not handed over yet; waiting for a quiet moment lets them reach us
-        (and be refused with UNAVAILABLE) instead of being cancelled by grpcio's stop().
-        """
-        while True:
-            await self._idle.wait()
-            seen = self._entered
-            await asyncio.sleep(quiet_s)
-            if self._entered == seen and self._idle.is_set():
-                return
-
-    def _enter(self) -> None:
-        self._active += 1
-        self._entered += 1
-        self._idle.clear()
-
-    def _leave(self) -> None:
-        self._active -= 1
-        if self._active == 0:
-            self._idle.set()
-
-    # -- how every RPC runs -----------------------------------------------------------------
-
-    async def _serve(
-        self,
-        method: str,
-        context: Context,
-        handle: Callable[[], Awaitable[Any]],
-    ) -> Any:
-        """Run one RPC: its request id, its errors as status codes, its count and time."""
-        started = time.perf_counter()
-        rid = _request_id(context)
-        token = request_id.set(rid)
-        code = _OK
-        trailing = [("x-request-id", rid)]
-        self._enter()
-        try:
-            if self._closing.is_set():
-                # Refused here rather than left to grpcio's stop(), which would cancel it:
-                # UNAVAILABLE tells the client to retry elsewhere, CANCELLED does not.
-                raise _Failed(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            response = await handle()
-            context.set_trailing_metadata(trailing)
-            return response
-        except (InscaleError, _Failed) as exc:
-            code, message = self._failure(exc, rid)
-            if isinstance(exc, QueueFull):
-                trailing.append(("retry-after", str(exc.retry_after_s)))
-            context.set_trailing_metadata(trailing)
-            await context.abort(code, message)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED  # the client went away, or the server stopped
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("gRPC %s crashed", method)
-            context.set_trailing_metadata(trailing)
-            await context.abort(code, server_failed(rid))
-        finally:
-            self._leave()
-            request_id.reset(token)
-            self._record(method, code, time.perf_counter() - started)
-
-    def _failure(self, exc: Exception, rid: str) -> tuple[grpc.StatusCode, str]:
-        if isinstance(exc, _Failed):
-            return exc.code, exc.message
-        assert isinstance(exc, InscaleError)
-        code = code_for(exc)
-        if code is grpc.StatusCode.INTERNAL:
-            log.error("gRPC request failed: %s", exc.message, exc_info=exc)
-        return code, message_for(exc, code, rid)
-
-    def _record(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        if self._metrics is None:
-            return
-        children = self._children.get((method, code))
-        if children is None:
-            children = self._children[(method, code)] = self._metrics.grpc(method, code.name)
-        count, duration = children
-        count.inc()
-        duration.observe(seconds)
+        await self._calls.drained(quiet_s)
 
     def _model(self, name: str, version: str) -> ModelVersion:
         if not name:
@@ -173,13 +75,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         async def handle() -> Any:
             return pb.ServerLiveResponse(live=True)
 
-        return await self._serve("ServerLive", context, handle)
+        return await self._calls.serve("ServerLive", context, handle)
 
     async def ServerReady(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
             return pb.ServerReadyResponse(ready=self._state.ready())
 
-        return await self._serve("ServerReady", context, handle)
+        return await self._calls.serve("ServerReady", context, handle)
 
     async def ModelReady(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
@@ -190,7 +92,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 return pb.ModelReadyResponse(ready=False)
             return pb.ModelReadyResponse(ready=True)
 
-        return await self._serve("ModelReady", context, handle)
+        return await self._calls.serve("ModelReady", context, handle)
 
     async def ServerMetadata(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
@@ -198,7 +100,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 name="inscale", version=__version__, extensions=list(config_json.EXTENSIONS)
             )
 
-        return await self._serve("ServerMetadata", context, handle)
+        return await self._calls.serve("ServerMetadata", context, handle)
 
     async def ModelMetadata(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
@@ -211,7 +113,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             document = config_json.model_metadata(model, ready)
             return json_format.ParseDict(document, pb.ModelMetadataResponse())
 
-        return await self._serve("ModelMetadata", context, handle)
+        return await self._calls.serve("ModelMetadata", context, handle)
 
     async def ModelConfig(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
@@ -221,7 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             )
             return pb.ModelConfigResponse(config=config)
 
-        return await self._serve("ModelConfig", context, handle)
+        return await self._calls.serve("ModelConfig", context, handle)
 
     async def ModelStatistics(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
@@ -238,7 +140,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             document = {"model_stats": [stats.model_stats(m) for m in models]}
             return json_format.ParseDict(document, pb.ModelStatisticsResponse())
 
-        return await self._serve("ModelStatistics", context, handle)
+        return await self._calls.serve("ModelStatistics", context, handle)
 
     # -- model repository ---------------------------------------------------------------------
 
@@ -252,21 +154,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 )
             return response
 
-        return await self._serve("RepositoryIndex", context, handle)
+        return await self._calls.serve("RepositoryIndex", context, handle)
 
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
             await control.load(self._plane.registry, request.model_name, request.parameters)
             return pb.RepositoryModelLoadResponse()
 
-        return await self._serve("RepositoryModelLoad", context, handle)
+        return await self._calls.serve("RepositoryModelLoad", context, handle)
 
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
             await control.unload(self._plane.registry, request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
-        return await self._serve("RepositoryModelUnload", context, handle)
+        return await self._calls.serve("RepositoryModelUnload", context, handle)
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -284,7 +186,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ModelInfer(self, request: Any, context: Context) -> Any:
         started = time.perf_counter()
-        return await self._serve(
+        return await self._calls.serve(
             "ModelInfer", context, lambda: self._infer(request, context, started)
         )
 
@@ -316,13 +218,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             answers.put_nowait(_END)
 
         async def close() -> None:
-            await self._closing.wait()
+            await self._calls.closing.wait()
             reader.cancel()  # read no more; what was taken is still answered
             answers.put_nowait(_CLOSING)
 
-        if self._closing.is_set():
+        if self._calls.closing.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        self._enter()
+        self._calls.enter()
         reader = asyncio.create_task(read())
         closer = asyncio.create_task(close())
         sent = 0
@@ -340,7 +242,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         finally:
             reader.cancel()
             closer.cancel()
-            self._leave()
+            self._calls.leave()
         if closing and not ended:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
@@ -352,36 +254,29 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             response = await self._infer(request, context, started)
             return pb.ModelStreamInferResponse(infer_response=response)
-        except (InscaleError, _Failed) as exc:
-            code, message = self._failure(exc, rid)
+        except (InscaleError, Failed) as exc:
+            code, message = self._calls.failure(exc, rid)
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("gRPC stream request crashed")
             message = server_failed(rid)
         finally:
             request_id.reset(token)
-            self._record("ModelStreamInfer", code, time.perf_counter() - started)
+            self._calls.record("ModelStreamInfer", code, time.perf_counter() - started)
         echo = pb.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         )
         return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
 
 
-def _request_id(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:MAX_ID_LENGTH]
-    return new_request_id()
-
-
 def _unimplemented(method: str, feature: str) -> Callable[..., Awaitable[Any]]:
     async def rpc(self: InferenceServicer, request: Any, context: Context) -> Any:
         async def handle() -> Any:
-            raise _Failed(
+            raise Failed(
                 grpc.StatusCode.UNIMPLEMENTED, f"{method}: inscale does not implement {feature}"
             )
 
-        return await self._serve(method, context, handle)
+        return await self._calls.serve(method, context, handle)
 
     rpc.__name__ = method
     return rpc
