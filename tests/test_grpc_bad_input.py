@@ -684,3 +684,17 @@ def test_timeout_parameter_is_the_request_deadline(stub: Stub, held: "Future[Any
         grpc.StatusCode.DEADLINE_EXCEEDED,
         "model 'busy': request timed out after 50 ms in the queue",
     )
+
+
+@pytest.mark.parametrize("method", ["RepositoryModelLoad", "RepositoryModelUnload"])
+def test_a_model_name_too_long_for_the_file_system_is_invalid_argument(
+    stub: Stub, method: str
+) -> None:
+    request_type = getattr(pb, f"{method}Request")
+    error = rpc_error(getattr(stub, method), request_type(model_name="y" * 5000))
+    expect(
+        error,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"model name '{'y' * 200}...' (5000 characters) is too long: a folder name takes at "
+        "most 255 bytes",
+    )

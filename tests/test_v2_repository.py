@@ -113,6 +113,29 @@ def test_names_that_are_not_plain_folder_names_are_refused(
     assert response.json() == {"error": message}
 
 
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_a_name_too_long_for_the_file_system_is_a_400_and_the_log_stays_short(
+    explicit: ServerProcess, action: str
+) -> None:
+    """Found by a user: 5,000 characters answered 500 (OSError: File name too long) and the
+    whole path went to the log three times."""
+    name = "x" * 5000
+    logged_before = len(explicit.log_text())
+    response = httpx.post(f"{explicit.url}/v2/repository/models/{name}/{action}")
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": f"model name '{'x' * 200}...' (5000 characters) is too long: a folder name "
+        "takes at most 255 bytes"
+    }
+    # 255 bytes is the limit, not 255 characters; and control characters are refused too.
+    wide = httpx.post(f"{explicit.url}/v2/repository/models/{'é' * 128}/{action}")
+    assert wide.status_code == 400 and "too long" in wide.json()["error"]
+    control = httpx.post(f"{explicit.url}/v2/repository/models/a%01b/{action}")
+    assert control.status_code == 400 and "not a valid model name" in control.json()["error"]
+    assert "x" * 201 not in explicit.log_text()[logged_before:]
+    assert httpx.get(f"{explicit.url}/v2/health/live").status_code == 200
+
+
 def test_load_failures_say_why(explicit: ServerProcess) -> None:
     client = triton_client(explicit)
     with pytest.raises(InferenceServerException) as missing:

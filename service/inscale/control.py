@@ -7,7 +7,7 @@ A protocol parses its own request and calls these; they raise only the core's er
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inscale.errors import ModelNotFound, Unsupported
+from inscale.errors import ModelNotFound, Unsupported, quoted
 from inscale.models.registry import ModelRegistry, ModelState
 from inscale.models.repository import check_model_name
 
@@ -55,5 +55,5 @@ async def unload(registry: ModelRegistry, name: str) -> None:
     if name in registry.names():
         await registry.unload(name)
     elif name not in registry.repository.names():
-        raise ModelNotFound(f"unknown model '{name}'")
+        raise ModelNotFound(f"unknown model {quoted(name)}")
     # else: in the repository and not loaded, so already unloaded (Triton answers 200 too)

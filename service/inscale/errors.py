@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
+QUOTE_LIMIT = 200  # characters of user input a message or a log line repeats
 
 
 class InscaleError(Exception):
@@ -73,3 +74,18 @@ def lookup(exc: InscaleError, table: Mapping[type[InscaleError], T], default: T)
         if cls in table:
             return table[cls]
     return default
+
+
+def shortened(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """User input as a message or log line repeats it: cut to `limit` characters, so a
+    5,000-character name costs neither the log nor the client 5,000 characters again."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`shortened`, in quotes: for names inside a sentence."""
+    if len(text) <= limit:
+        return f"'{text}'"
+    return f"'{text[:limit]}...' ({len(text)} characters)"

@@ -30,6 +30,7 @@ from inscale.errors import (
     QueueFull,
     Unsupported,
     lookup,
+    shortened,
 )
 from inscale.logs import request_id
 
@@ -70,11 +71,12 @@ def response_for(request: Request, exc: Exception, table: ErrorTable) -> Respons
         # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
         return error_response(499, "client closed the request")
     if not isinstance(exc, InscaleError):
-        log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+        log.error("%s %s crashed", request.method, shortened(request.url.path), exc_info=exc)
         return _server_failed(500)
     status = status_for(exc, table)
     if status >= 500 and not isinstance(exc, _SAID):
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc)
+        path = shortened(request.url.path)
+        log.error("%s %s failed: %s", request.method, path, exc.message, exc_info=exc)
         return _server_failed(status)
     headers = None
     if isinstance(exc, QueueFull):
@@ -109,10 +111,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path}"
+        message = f"no route {request.method} {shortened(request.url.path)}"
     elif exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow", "")
-        message = f"method {request.method} is not allowed on {request.url.path}" + (
+        message = f"method {request.method} is not allowed on {shortened(request.url.path)}" + (
             f" (allowed: {allowed})" if allowed else ""
         )
     return error_response(exc.status_code, message, dict(exc.headers or {}))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from inscale.errors import InscaleError, ModelLoadError, ModelNotFound, ModelNotReady
+from inscale.errors import InscaleError, ModelLoadError, ModelNotFound, ModelNotReady, quoted
 from inscale.events import ModelEvents
 from inscale.models.loading import load_version
 from inscale.models.repository import ModelRepository, ModelSource
@@ -65,7 +65,7 @@ class ModelRegistry:
         """The model version asked for, or the newest ready version when none is given."""
         versions = self._models.get(name)
         if versions is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model {quoted(name)}")
         if not versions:
             raise ModelNotReady(f"model '{name}' is still loading")
         if version is None:
@@ -95,7 +95,7 @@ class ModelRegistry:
     def entries(self, name: str) -> list[VersionEntry]:
         versions = self._models.get(name)
         if versions is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model {quoted(name)}")
         return [versions[v] for v in sorted(versions)]
 
     def all_ready(self) -> bool:
@@ -185,7 +185,7 @@ class ModelRegistry:
 
     async def unload(self, name: str) -> None:
         if name not in self._models:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model {quoted(name)}")
         async with self._locks.setdefault(name, asyncio.Lock()):
             versions = self._models.get(name, {})
             for version in list(versions):

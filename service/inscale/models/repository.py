@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inscale.errors import InscaleError, InvalidInput, ModelNotFound
+from inscale.errors import InscaleError, InvalidInput, ModelNotFound, quoted
 from inscale.models.config import ModelConfig, find_config_file, load_model_config
 
 MODEL_FILENAME = "model.onnx"
@@ -31,10 +31,23 @@ class ModelSource:
         return self.directory / str(version) / MODEL_FILENAME
 
 
+# A folder name's longest on Linux file systems (NAME_MAX, in bytes): a longer name would make
+# the first file system call fail with "File name too long", so it is refused before any.
+MAX_NAME_BYTES = 255
+
+
 def check_model_name(name: str) -> None:
-    """A model name must be a plain folder name: no separators, no `..`, nothing hidden."""
+    """A model name must be a plain folder name: no separators, no `..`, nothing hidden, no
+    control or non-printable characters, and short enough for the file system."""
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        raise InvalidInput(
+            f"model name {quoted(name)} is too long: a folder name takes at most "
+            f"{MAX_NAME_BYTES} bytes"
+        )
     if not _PLAIN_NAME.match(name) or name in (".", ".."):
-        raise InvalidInput(f"'{name}' is not a valid model name (a plain folder name is needed)")
+        raise InvalidInput(
+            f"{quoted(name)} is not a valid model name (a plain folder name is needed)"
+        )
 
 
 class ModelRepository:
