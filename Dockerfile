@@ -98,6 +98,7 @@ ENV PATH=/opt/inscale-app/bin:/opt/inscale/bin:$PATH \
     INSCALE_HOST=0.0.0.0 \
     INSCALE_PORT=8000 \
     INSCALE_GRPC_PORT=8001 \
+    INSCALE_CONTROL_API=off \
     INSCALE_LOG_FORMAT=json \
     INSCALE_SHUTDOWN_GRACE_S=8
 

@@ -480,7 +480,9 @@ def for_podman(
       together, and INSCALE_GRPC_PORT to `port_grpc`; podman refuses port mappings on the host
       network (so `ports` goes once resolved);
     - restartPolicy OnFailure: podman 4.3 restarts init containers forever under Always;
-    - names get a unique suffix: podman turns volumes and ConfigMaps into named volumes.
+    - names get a unique suffix: podman turns volumes and ConfigMaps into named volumes;
+    - Secret volumes go (with their mounts): podman 4.3 takes them only from its own secret
+      store, and the only one here, the control token, is optional.
     """
     docs = copy.deepcopy([d for d in docs if d["kind"] in ("ConfigMap", "Deployment")])
     renamed = {}
@@ -491,6 +493,12 @@ def for_podman(
     spec = pod_spec(docs)
     spec["hostNetwork"] = True
     spec["restartPolicy"] = "OnFailure"
+    secrets = {v["name"] for v in spec["volumes"] if "secret" in v}
+    assert all(v["secret"].get("optional") for v in spec["volumes"] if "secret" in v)
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] not in secrets]
+    for container in spec["initContainers"] + spec["containers"]:
+        mounts = container.get("volumeMounts", [])
+        container["volumeMounts"] = [m for m in mounts if m["name"] not in secrets]
     volume_names = {v["name"]: f"{v['name']}-{token}" for v in spec["volumes"]}
     for volume in spec["volumes"]:
         volume["name"] = volume_names[volume["name"]]

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp
 
+from inscale.control import ControlGate
 from inscale.dataplane import DataPlane
 from inscale.http.app import http_app
 from inscale.logs import configure_logging
@@ -46,7 +47,7 @@ def create_app(settings: ServerSettings) -> ASGIApp:
         default_model=settings.resolved_default_model(),
         retry_after_s=settings.retry_after_s,
     )
-    state = ServerState(settings=settings, plane=plane)
+    state = ServerState(settings=settings, plane=plane, control=ControlGate.from_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:

@@ -1,15 +1,69 @@
 """The model repository's control operations, the same for every protocol: the index of what
-is in the repository and what is loaded, load, and unload.
+is in the repository and what is loaded, load, and unload; and the gate in front of the two
+that change the server (`ControlGate`, set by `--control-api`).
 
 A protocol parses its own request and calls these; they raise only the core's errors.
 """
 
+import hmac
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inscale.errors import ModelNotFound, Unsupported, quoted
+from inscale.errors import ConfigError, ModelNotFound, PermissionDenied, Unsupported, quoted
 from inscale.models.registry import ModelRegistry, ModelState
 from inscale.models.repository import check_model_name
+from inscale.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+_BEARER = "bearer "
+
+
+class ControlGate:
+    """Whether a control call may run: `off` refuses all, `token` needs the bearer token
+    (compared in constant time), `open` allows all. Reads never come here."""
+
+    def __init__(self, mode: str, token: str | None) -> None:
+        self._mode = mode
+        self._token = token.encode() if token else None
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> "ControlGate":
+        token = settings.control_token
+        if settings.control_api == "token" and settings.control_token_file is not None:
+            try:
+                token = settings.control_token_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"the control token file {settings.control_token_file} cannot be read: {exc}"
+                ) from exc
+            if not token:
+                raise ConfigError(f"the control token file {settings.control_token_file} is empty")
+        if settings.control_api == "open":
+            log.warning(
+                "the control API is OPEN: anyone who reaches this server can load and unload "
+                "models; use --control-api token outside local development"
+            )
+        return cls(settings.control_api, token)
+
+    def check(self, authorization: str | None) -> None:
+        """`authorization`: the request's `Authorization` header (gRPC: its metadata)."""
+        if self._mode == "open":
+            return
+        if self._mode == "off":
+            raise PermissionDenied(
+                "the control API is off on this server: start it with --control-api token "
+                "(and INSCALE_CONTROL_TOKEN or INSCALE_CONTROL_TOKEN_FILE) to load and unload "
+                "models"
+            )
+        given = b""
+        if authorization and authorization[: len(_BEARER)].lower() == _BEARER:
+            given = authorization[len(_BEARER) :].strip().encode()
+        assert self._token is not None  # the settings refuse token mode without one
+        if not hmac.compare_digest(given, self._token):
+            raise PermissionDenied(
+                "this call needs the control token: send 'Authorization: Bearer <token>'"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,10 @@ class DeadlineExceeded(InscaleError):
     """The request was still queued when its deadline passed."""
 
 
+class PermissionDenied(InscaleError):
+    """A control call (load, unload) that the server's control API setting does not allow."""
+
+
 class ModelExecutionError(InscaleError):
     """The model raised while running a batch. The message is logged, never sent."""
 

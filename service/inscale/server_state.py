@@ -3,6 +3,7 @@ the server is ready. Built by the app factory (`inscale.app`), never at import t
 
 from dataclasses import dataclass
 
+from inscale.control import ControlGate
 from inscale.dataplane import DataPlane
 from inscale.settings import ModelControl, ServerSettings
 
@@ -11,6 +12,7 @@ from inscale.settings import ModelControl, ServerSettings
 class ServerState:
     settings: ServerSettings
     plane: DataPlane
+    control: ControlGate
     startup_done: bool = False  # initial loading finished (successfully or not)
     shutting_down: bool = False
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import BeforeValidator
 from pydantic_settings import CLI_SUPPRESS, BaseSettings, CliSuppress, NoDecode, SettingsConfigDict
@@ -125,6 +125,23 @@ class ServerSettings(BaseSettings):
         default=True,
         description="Record Prometheus metrics and serve them at `GET /metrics`.",
     )
+    control_api: Literal["off", "token", "open"] = Field(
+        default="off",
+        description="Repository control (load, unload): `off` refuses it (403), `token` needs "
+        "`Authorization: Bearer <token>` (the token from INSCALE_CONTROL_TOKEN or the file "
+        "INSCALE_CONTROL_TOKEN_FILE names), `open` allows anyone who reaches the port (local "
+        "development only). Reads (metadata, stats, health, metrics) are always open.",
+    )
+    control_token: str | None = Field(
+        default=None,
+        description="The control token for `--control-api token`. Prefer the variable or a "
+        "file to the flag, which other users of the machine can read in the process list.",
+    )
+    control_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the control token (a mounted Kubernetes Secret); read "
+        "once at start, surrounding whitespace ignored.",
+    )
     # Not a flag: `inscale serve` itself points it at a fresh folder when it starts workers.
     metrics_multiprocess_dir: CliSuppress[Path | None] = Field(
         default=None,
@@ -133,6 +150,22 @@ class ServerSettings(BaseSettings):
         "multiprocess mode). Set by `inscale serve --workers N` to a fresh folder per start; "
         "not set by hand.",
     )
+
+    @model_validator(mode="after")
+    def _control_api_can_work(self) -> "ServerSettings":
+        # Refused at start, not found out later as a server that cannot be given models.
+        if self.model_control is ModelControl.EXPLICIT and self.control_api == "off":
+            raise ValueError(
+                "--model-control explicit loads models only through the control API, which "
+                "is off: set --control-api token (with INSCALE_CONTROL_TOKEN or "
+                "INSCALE_CONTROL_TOKEN_FILE) or --control-api open"
+            )
+        if self.control_api == "token" and not (self.control_token or self.control_token_file):
+            raise ValueError(
+                "--control-api token needs a token: set INSCALE_CONTROL_TOKEN or "
+                "INSCALE_CONTROL_TOKEN_FILE"
+            )
+        return self
 
     def repository_path(self) -> Path:
         return self.model_repository if self.model_repository is not None else BUNDLED_REPOSITORY

@@ -35,7 +35,9 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "inscale", "serve", "--host", "127.0.0.1", "--port", "0"]
         # gRPC is off unless a test asks for it (`--grpc-port N` among its args wins): the
         # default port, 8001, would be shared by every server a session starts.
-        cmd += ["--grpc-port", "0", "--log-format", "json", *self.args]
+        # The control API is open (load and unload allowed) unless a test asks otherwise: the
+        # server's own default, off, is tested in tests/test_control_api.py.
+        cmd += ["--grpc-port", "0", "--control-api", "open", "--log-format", "json", *self.args]
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -13,6 +13,7 @@ from inscale.errors import (
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     Unsupported,
     lookup,
@@ -22,6 +23,7 @@ GRPC_STATUS: Mapping[type[InscaleError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     PayloadTooLarge: grpc.StatusCode.INVALID_ARGUMENT,
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     ModelNotReady: grpc.StatusCode.UNAVAILABLE,  # loading, failed, unloading, shutting down
     QueueFull: grpc.StatusCode.UNAVAILABLE,  # with a retry hint in the trailing metadata
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

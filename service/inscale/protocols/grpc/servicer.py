@@ -158,6 +158,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
+            self._state.control.check(_authorization(context))
             await control.load(self._plane.registry, request.model_name, request.parameters)
             return pb.RepositoryModelLoadResponse()
 
@@ -165,6 +166,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
+            self._state.control.check(_authorization(context))
             await control.unload(self._plane.registry, request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
@@ -267,6 +269,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             model_name=request.model_name, model_version=request.model_version, id=request.id
         )
         return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
+
+
+def _authorization(context: Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return None
 
 
 def _unimplemented(method: str, feature: str) -> Callable[..., Awaitable[Any]]:

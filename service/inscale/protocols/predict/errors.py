@@ -9,6 +9,7 @@ from inscale.errors import (
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     Unsupported,
 )
@@ -18,6 +19,7 @@ PREDICT_STATUS: ErrorTable = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
     ModelNotFound: 404,
+    PermissionDenied: 403,
     ModelNotReady: 503,
     QueueFull: 503,
     DeadlineExceeded: 504,

@@ -13,6 +13,7 @@ from inscale.errors import (
     ModelNotFound,
     ModelNotReady,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     Unsupported,
 )
@@ -22,6 +23,7 @@ V2_STATUS: ErrorTable = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
     ModelNotFound: 404,
+    PermissionDenied: 403,
     ModelNotReady: 503,
     QueueFull: 503,
     DeadlineExceeded: 503,

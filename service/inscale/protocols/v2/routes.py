@@ -188,6 +188,7 @@ async def repository_index(request: Request) -> Response:
 
 @router.post("/repository/models/{name:path}/load", summary="Load or reload a model")
 async def repository_load(request: Request) -> Response:
+    context(request).control.check(request.headers.get("authorization"))
     name = request.path_params["name"]
     check_model_name(name)  # before the body: a bad name is the first thing to say
     parameters = (await _json_body(request)).get("parameters") or {}
@@ -199,6 +200,7 @@ async def repository_load(request: Request) -> Response:
 
 @router.post("/repository/models/{name:path}/unload", summary="Unload a model, draining it")
 async def repository_unload(request: Request) -> Response:
+    context(request).control.check(request.headers.get("authorization"))
     name = request.path_params["name"]
     check_model_name(name)
     await _json_body(request)  # `unload_dependents` has no meaning here: no ensembles
