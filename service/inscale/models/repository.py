@@ -50,6 +50,15 @@ def check_model_name(name: str) -> None:
         )
 
 
+def parse_version(text: str | None) -> int | None:
+    """A version as a request names it (a numbered folder); empty: the newest ready one."""
+    if text is None or text == "":
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InvalidInput(f"model version '{text}' is not a positive integer")
+    return int(text)
+
+
 class ModelRepository:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -137,8 +137,14 @@ class Calls:
         return self._closing
 
 
+def metadata_value(context: Context, key: str) -> str | None:
+    """A call's metadata entry (keys arrive in lower case), or None."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value
+    return None
+
+
 def request_id_of(context: Context) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:MAX_ID_LENGTH]
-    return new_request_id()
+    rid = metadata_value(context, "x-request-id")
+    return rid[:MAX_ID_LENGTH] if rid else new_request_id()

@@ -55,15 +55,6 @@ class GrpcInferRequest:
     priority: int  # accepted and checked, not honoured: the batcher is FIFO
 
 
-def parse_version(text: str) -> int | None:
-    """A request's `version` field: empty means the newest ready version."""
-    if text == "":
-        return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise InvalidInput(f"model version '{text}' is not a positive integer")
-    return int(text)
-
-
 def decode_request(request: Any, rules: InputRules) -> GrpcInferRequest:
     """`request` is a `ModelInferRequest` (protobuf messages are untyped for mypy)."""
     inputs = request.inputs

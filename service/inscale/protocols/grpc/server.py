@@ -59,7 +59,7 @@ class GrpcServer:
         )
         self._refresher: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
-        self._models: set[str] = set()
+        self._statuses: dict[str, int] = {}  # service name -> status last set
 
     async def start(self) -> None:
         try:
@@ -107,13 +107,14 @@ class GrpcServer:
 
     async def _refresh(self) -> None:
         overall = _SERVING if self._state.ready() else _NOT_SERVING
-        await self._health.set("", overall)
-        await self._health.set(SERVICE_NAME, overall)
+        wanted: dict[str, int] = {"": overall, SERVICE_NAME: overall}
         registry = self._state.plane.registry
-        names = set(registry.names())
-        for name in names:
+        for name in registry.names():
             ready = any(e.state is ModelState.READY for e in registry.entries(name))
-            await self._health.set(name, _SERVING if ready else _NOT_SERVING)
-        for gone in self._models - names:  # unloaded since the last refresh
-            await self._health.set(gone, _NOT_SERVING)
-        self._models |= names
+            wanted[name] = _SERVING if ready else _NOT_SERVING
+        for gone in self._statuses.keys() - wanted.keys():  # unloaded since the last refresh
+            wanted[gone] = _NOT_SERVING
+        for service, status in wanted.items():
+            if self._statuses.get(service) != status:  # only changes reach the servicer
+                await self._health.set(service, status)
+        self._statuses = wanted

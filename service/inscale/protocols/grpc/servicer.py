@@ -22,9 +22,10 @@ from inscale.errors import InscaleError, InvalidInput, ModelNotFound, ModelNotRe
 from inscale.logs import MAX_ID_LENGTH, new_request_id, request_id
 from inscale.metrics.prometheus import Metrics
 from inscale.models.registry import ModelState
+from inscale.models.repository import parse_version
 from inscale.models.version import ModelVersion
 from inscale.protocols.grpc import codec
-from inscale.protocols.grpc.calls import Calls, Context, Failed
+from inscale.protocols.grpc.calls import Calls, Context, Failed, metadata_value
 from inscale.protocols.grpc.errors import server_failed
 from inscale.protocols.grpc.stubs import model_config_pb2, service_pb2_grpc
 from inscale.protocols.grpc.stubs import service_pb2 as pb
@@ -67,7 +68,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     def _model(self, name: str, version: str) -> ModelVersion:
         if not name:
             raise InvalidInput("a model name is required")
-        return self._plane.model(name, codec.parse_version(version))
+        return self._plane.model(name, parse_version(version))
 
     # -- server and model metadata ----------------------------------------------------------
 
@@ -158,7 +159,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def RepositoryModelLoad(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
-            self._state.control.check(_authorization(context))
+            self._state.control.check(metadata_value(context, "authorization"))
             await control.load(self._plane.registry, request.model_name, request.parameters)
             return pb.RepositoryModelLoadResponse()
 
@@ -166,7 +167,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def RepositoryModelUnload(self, request: Any, context: Context) -> Any:
         async def handle() -> Any:
-            self._state.control.check(_authorization(context))
+            self._state.control.check(metadata_value(context, "authorization"))
             await control.unload(self._plane.registry, request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
@@ -269,13 +270,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             model_name=request.model_name, model_version=request.model_version, id=request.id
         )
         return pb.ModelStreamInferResponse(error_message=message, infer_response=echo)
-
-
-def _authorization(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            return value
-    return None
 
 
 def _unimplemented(method: str, feature: str) -> Callable[..., Awaitable[Any]]:

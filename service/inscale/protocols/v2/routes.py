@@ -24,7 +24,7 @@ from inscale.http.disconnect import infer_while_connected
 from inscale.http.errors import error_route_class
 from inscale.http.responses import json_response
 from inscale.models.registry import ModelRegistry, ModelState
-from inscale.models.repository import check_model_name
+from inscale.models.repository import check_model_name, parse_version
 from inscale.models.version import ModelVersion
 from inscale.protocols.json_values import parse_object
 from inscale.protocols.v2 import codec, config_json, stats
@@ -59,12 +59,7 @@ _INFER_BODY = {
 
 
 def _version(request: Request) -> int | None:
-    text = request.path_params.get("version")
-    if text is None or text == "":
-        return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise InvalidInput(f"model version '{text}' is not a positive integer")
-    return int(text)
+    return parse_version(request.path_params.get("version"))
 
 
 def _model(request: Request) -> ModelVersion:
