@@ -36,7 +36,7 @@ class Durations:
 class Snapshot:
     """Counters since load. Each request is counted once by how it ended."""
 
-    queued: int = 0  # requests that entered the queue
+    submitted: int = 0  # requests that entered the queue
     refused: int = 0  # bad input, found before queueing
     dropped: dict[DropReason, int] = field(default_factory=lambda: dict.fromkeys(DropReason, 0))
     succeeded: int = 0  # requests whose run succeeded
@@ -74,7 +74,7 @@ class VersionStatistics:
     # -- events ----------------------------------------------------------------------------
 
     def request_queued(self, rows: int) -> None:
-        self._s.queued += 1
+        self._s.submitted += 1
 
     def request_dropped(self, reason: DropReason) -> None:
         self._s.dropped[reason] += 1

@@ -53,7 +53,7 @@ def _model_detail(model: ModelVersion) -> dict[str, Any]:
         "instances": model.config.instances,
         "timeout_ms": model.config.timeout_ms,
         "stats": {
-            "requests": stats.queued,
+            "requests": stats.submitted,
             "succeeded": stats.succeeded,
             "failed": stats.failed,
             "bad_input": stats.refused,
