@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from inscale.control import ControlGate
 from inscale.dataplane import DataPlane
 from inscale.http.app import http_app
+from inscale.http.connection_guard import STATE_KEY, ConnectionGuard
 from inscale.logs import configure_logging
 from inscale.metrics.prometheus import Metrics
 from inscale.models.registry import ModelRegistry
@@ -48,9 +49,10 @@ def create_app(settings: ServerSettings) -> ASGIApp:
         retry_after_s=settings.retry_after_s,
     )
     state = ServerState(settings=settings, plane=plane, control=ControlGate.from_settings(settings))
+    guard = ConnectionGuard.from_settings(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: object) -> AsyncIterator[None]:
+    async def lifespan(_: object) -> AsyncIterator[dict[str, object]]:
         grpc_server = GrpcServer(state, metrics) if settings.grpc_port else None
         if grpc_server is not None:
             await grpc_server.start()
@@ -60,8 +62,12 @@ def create_app(settings: ServerSettings) -> ASGIApp:
         loading = asyncio.create_task(_initial_load(state))
         refreshing = asyncio.create_task(metrics.refresh_forever(registry)) if metrics else None
         try:
-            yield
+            # The lifespan state reaches uvicorn's connection protocol (its limits and counts).
+            yield {STATE_KEY: guard}
         finally:
+            # uvicorn has drained HTTP by now: what it drained, and what it read since start.
+            line, figures = guard.counts.shutdown_summary()
+            log.info(line, extra=figures)
             state.shutting_down = True
             if grpc_server is not None:
                 await grpc_server.stop()  # its running calls finish before the models drain

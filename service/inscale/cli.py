@@ -9,7 +9,9 @@ setting back into it (`settings.environment`) before uvicorn starts them.
 
 import argparse
 import contextlib
+import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -32,6 +34,13 @@ _DOCS = {doc.name: doc for doc in setting_docs()}
 # A validation error names a field by its name, or by its alias for PROMETHEUS_MULTIPROC_DIR.
 _DOCS_BY_KEY = {**_DOCS, **{doc.env: doc for doc in _DOCS.values()}}
 _METAVARS = {"path": "PATH", "text": "TEXT", "integer": "INT", "number": "NUMBER", "list": "A,B"}
+# uvicorn's httptools protocol with our read timeouts, caps and drain accounting; named as a
+# string so that worker processes import it themselves.
+_HTTP_PROTOCOL = "inscale.http.guarded_protocol:GuardedHttpToolsProtocol"
+# Files a process holds besides client connections: models, metric files, gRPC, logs.
+_OTHER_FILES = 1024
+
+log = logging.getLogger(__name__)
 
 SettingsFlags = CliSettingsSource[argparse.ArgumentParser]
 
@@ -111,6 +120,7 @@ def _serve(settings: ServerSettings) -> int:
         else:
             os.environ[name] = value
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    _fit_open_file_limit(settings)
     with _metrics_folder(settings):
         _run_uvicorn(settings, settings.access_log)
     return 0
@@ -129,7 +139,36 @@ def _run_uvicorn(settings: ServerSettings, access_log: bool) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         backlog=2048,
         server_header=False,
+        http=_HTTP_PROTOCOL,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        # Not uvicorn's limit_concurrency: the protocol caps connections and requests itself
+        # (a JSON 503 with Retry-After, and connections refused before their headers arrive).
+        limit_concurrency=None,
     )
+
+
+def _fit_open_file_limit(settings: ServerSettings) -> None:
+    """Raise the soft open-file limit so that `--max-connections` can be reached.
+
+    A connection past twice the cap is closed at once, so that many descriptors (plus the
+    process's other files) suffice. Many systems start processes at a soft limit of 1,024
+    with a far higher hard limit; Go's runtime raises it the same way. Worker processes
+    inherit the raised limit.
+    """
+    needed = 2 * settings.max_connections + _OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open-file limit (%d) is below what --max-connections %d needs (%d): "
+            "accepting may fail before the cap answers 503; raise the limit or lower the cap",
+            soft,
+            settings.max_connections,
+            needed,
+        )
 
 
 @contextlib.contextmanager

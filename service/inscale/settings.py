@@ -114,12 +114,53 @@ class ServerSettings(BaseSettings):
         le=3600,
         description="On SIGTERM, seconds that in-flight and queued requests may take to finish.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=300,
+        description="Seconds a client has to send a request's headers (from connecting, or "
+        "from the request's first byte); then 408 and the connection is closed. Real clients "
+        "send them in one packet; 10 s still covers several TCP retransmissions.",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        ge=0.1,
+        le=3600,
+        description="Seconds a client has to send a request's body once its headers are in; "
+        "then 408 and the connection is closed. 60 s means about 1.1 MB/s for a 64 MiB body: "
+        "raise it for large bodies over slow links.",
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="Seconds an idle keep-alive connection stays open between requests (also "
+        "on SIGTERM, when its next request is answered with `Connection: close`). Set it "
+        "above the idle timeout of a load balancer in front, which then closes first.",
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Open connections per process; past it a new connection's request is "
+        "answered 503 and the connection closed, and past twice it a new connection is closed "
+        "at once, so file descriptors stay bounded. The open-file limit is raised to fit.",
+    )
+    max_requests_in_flight: int = Field(
+        default=2048,
+        ge=1,
+        le=1_000_000,
+        description="Requests being handled at once per process (read, not yet answered); "
+        "past it a request is answered 503 at once. Model queues shed load before this; it "
+        "bounds what bodies and tasks can hold in memory.",
+    )
     access_log: bool = Field(default=False, description="Log a line for every request.")
     retry_after_s: int = Field(
         default=1,
         ge=0,
         le=3600,
-        description="Retry-After (seconds) sent with a 503 for a full queue; 0: retry at once.",
+        description="Retry-After (seconds) sent with a 503 for load (a full queue, the "
+        "connection or in-flight cap); 0: retry at once.",
     )
     metrics: bool = Field(
         default=True,

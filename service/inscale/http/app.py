@@ -1,7 +1,7 @@
 """The HTTP side of the server: the FastAPI app with every route, and the ASGI layers on the
 inference path (request id, metrics, fast path)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,7 +22,8 @@ from inscale.protocols.predict.errors import PREDICT_STATUS
 from inscale.protocols.v2 import routes as v2_routes
 from inscale.server_state import ServerState
 
-Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
+# Its state (a mapping) is handed to every request's scope and to uvicorn's protocol.
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Mapping[str, Any]]]
 
 
 def http_app(state: ServerState, metrics: Metrics | None, lifespan: Lifespan) -> ASGIApp:

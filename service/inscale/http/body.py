@@ -1,8 +1,9 @@
 """Reading a request body within the configured size limit."""
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from inscale.errors import InvalidInput, PayloadTooLarge
+from inscale.http.errors import ClientGone
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -19,9 +20,13 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left mid-body, or the body timeout cut it: not a server failure.
+        raise ClientGone from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

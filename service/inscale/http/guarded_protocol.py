@@ -1,0 +1,212 @@
+"""uvicorn's httptools protocol with read timeouts, connection and in-flight caps, and
+shutdown accounting (limits and counts: `inscale.http.connection_guard`).
+
+`inscale serve` names this class as uvicorn's `http=` (a "module:Class" string, so worker
+processes import it too). httptools calls the `on_*` methods as it parses: the first byte of
+a request (`on_message_begin`), the end of its headers (`on_headers_complete`, where uvicorn
+starts the ASGI app) and the end of its body (`on_message_complete`). They only record the
+phase; `data_received` arms a timer once the bytes it was given are parsed, so a request
+that arrives in one read (the usual case) arms none. uvicorn's own keep-alive timer covers
+idle connections between requests.
+
+What uvicorn's graceful shutdown loses, and how this class keeps it:
+- uvicorn closes a connection at once when its last response is complete. A client that
+  had already sent its next request then gets a reset; a request whose first bytes were
+  parsed is dropped. Here only a connection with no request begun is idle, and an idle one
+  is left its keep-alive time (its client may be sending right now): a request arriving
+  meanwhile is answered, with `Connection: close`.
+- A pipelined request waiting behind the one in progress is dropped when that response
+  closes the connection; here the last request known gets the `Connection: close`.
+"""
+
+import asyncio
+from typing import Any, cast
+
+from uvicorn._types import ASGI3Application
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from inscale.http.connection_guard import STATE_KEY, ConnectionGuard, raw_response
+
+# What the request being parsed is waiting for; a timer is armed for HEADERS and BODY.
+_IDLE, _HEADERS, _BODY = 0, 1, 2
+_FIRST = 3  # only as the phase a timer was armed for: the first request of a new connection
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        guard = app_state.get(STATE_KEY)
+        if not isinstance(guard, ConnectionGuard):
+            raise RuntimeError(
+                f"{type(self).__name__} needs the inscale app's lifespan state "
+                f"({STATE_KEY!r}): serve with `inscale serve`"
+            )
+        self._guard = guard
+        self._counts = guard.counts
+        self._phase = _IDLE
+        self._timed = _IDLE  # the phase `_timer` was armed for; _IDLE: no timer
+        self._timer: asyncio.TimerHandle | None = None
+        self._over_cap = False
+        self._draining = False
+        self._answered_while_draining = False
+
+    # -- connections --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._draining = self._counts.draining  # accepted while the listener was closing
+        limits = self._guard.limits
+        open_now = len(self.connections)  # this one included
+        if open_now > limits.max_connections:
+            self._counts.refused_connections += 1
+            if open_now > limits.hard_connection_ceiling:
+                transport.close()
+                return
+            self._over_cap = True  # its first request is answered 503, then it is closed
+        self._timer = self.loop.call_later(limits.header_timeout_s, self._on_header_timeout)
+        self._timed = _FIRST
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._draining and not self._answered_while_draining and not self._busy():
+            self._counts.closed_idle += 1
+        super().connection_lost(exc)
+
+    def _busy(self) -> bool:
+        cycle = self.cycle
+        return self._phase != _IDLE or (cycle is not None and not cycle.response_complete)
+
+    # -- parsing: record the phase; time it once the read is parsed ---------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._phase != self._timed:
+            self._retime()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase = _HEADERS
+
+    def on_headers_complete(self) -> None:
+        self._counts.read += 1
+        self._phase = _BODY
+        refusal = None
+        if self._over_cap:
+            refusal = self._guard.too_many_connections
+        elif len(self.tasks) >= self._guard.limits.max_requests_in_flight:
+            refusal = self._guard.too_many_in_flight
+            self._counts.refused_requests += 1
+        if refusal is None:
+            super().on_headers_complete()
+        else:
+            # uvicorn starts `self.app` for the request: the refusal instead, this once.
+            app, self.app = self.app, cast(ASGI3Application, refusal)
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+        if self._draining:
+            self.cycle.keep_alive = False  # every request read while draining is the last
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._phase = _IDLE
+
+    def on_response_complete(self) -> None:
+        self._counts.answered += 1
+        if self._draining:
+            self._counts.drained += 1
+            self._answered_while_draining = True
+        super().on_response_complete()
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _retime(self) -> None:
+        phase = self._phase
+        if phase == _HEADERS and self._timed == _FIRST:
+            return  # the first request's headers are due within the timeout from connecting
+        self._cancel_timer()
+        limits = self._guard.limits
+        if phase == _HEADERS:
+            self._timer = self.loop.call_later(limits.header_timeout_s, self._on_header_timeout)
+        elif phase == _BODY:
+            self._timer = self.loop.call_later(limits.body_timeout_s, self._on_body_timeout)
+        self._timed = phase
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timed = _IDLE
+
+    def _on_header_timeout(self) -> None:
+        self._timer = None
+        self._timed = _IDLE
+        if self.transport.is_closing():
+            return
+        self._counts.header_timeouts += 1
+        # A 408 only for a request begun, and only where no other response is being written.
+        previous = self.cycle
+        if (
+            self._phase == _HEADERS
+            and not self.pipeline
+            and (previous is None or previous.response_complete)
+        ):
+            default_headers = self.server_state.default_headers
+            self.transport.write(raw_response(self._guard.header_timeout_body, default_headers))
+        self.transport.close()
+
+    def _on_body_timeout(self) -> None:
+        self._timer = None
+        self._timed = _IDLE
+        if self.transport.is_closing():
+            return
+        limits = self._guard.limits
+        if self.flow.read_paused:
+            # The server stopped reading (a pipelined request waits, or the app has not
+            # taken the body so far): the delay is ours, not the client's.
+            self._timer = self.loop.call_later(limits.body_timeout_s, self._on_body_timeout)
+            self._timed = _BODY
+            return
+        self._counts.body_timeouts += 1
+        cycle = self.cycle
+        if not cycle.response_started:
+            default_headers = self.server_state.default_headers
+            self.transport.write(raw_response(self._guard.body_timeout_body, default_headers))
+            self._counts.answered += 1
+            if self._draining:
+                self._counts.drained += 1
+                self._answered_while_draining = True
+        # The app reading the body sees a disconnect; what it answers is not written.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    # -- graceful shutdown --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Called by uvicorn for every open connection when a graceful shutdown starts."""
+        self._draining = True
+        self._counts.draining = True
+        if self._busy():
+            if self.pipeline:
+                self.pipeline[0][0].keep_alive = False  # the last one queued closes
+            elif self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False
+            # A request still arriving gets it from `on_headers_complete`.
+            return
+        if self.timeout_keep_alive_task is None:
+            # Never used yet: its first request may be on the way; give it the idle time
+            # any keep-alive connection has (uvicorn's timer closes it, as after a response).
+            self._cancel_timer()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
