@@ -46,7 +46,11 @@ def parse_object(
             raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
         try:
             document = json.loads(text)
-        except ValueError:
+            # What the standard library reads but orjson (the fast path) refuses: lone
+            # surrogates (`"\ud800"`) and integers past 64 bits. Let through, they make
+            # every later orjson.dumps (error messages, the response) fail with a 500.
+            orjson.dumps(document)
+        except (ValueError, TypeError, RecursionError):  # RecursionError: deep nesting
             raise InvalidInput(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise InvalidInput(f"{what} must be {expected}")
@@ -63,15 +67,40 @@ def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:
         return array
     kind = "O" if dtype.kind == "O" else dtype.kind
     if array.dtype.kind not in _ACCEPTS[kind]:
-        got = _GOT_WORDS.get(array.dtype.kind, "mixed or nested values")
         if array.size == 0:
             return array.astype(dtype)
+        if kind in "iu" and array.dtype.kind in "fO":
+            # numpy reads integers past int64 as float64 or objects when they share a list
+            # with others ([1, 2**63]); they are exact integers all the same.
+            return _exact_integers(name, data, dtype, array)
+        got = _GOT_WORDS.get(array.dtype.kind, "mixed or nested values")
         raise InvalidInput(f"input '{name}': expected {_KIND_WORDS[kind]}, got {got}")
     if kind in "iu":
-        info = np.iinfo(dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
-            raise InvalidInput(f"input '{name}': values outside the range of {dtype}")
-    return array.astype(dtype)
+        _check_range(name, array, dtype)
+        return array.astype(dtype)
+    try:
+        # A finite number too large for the dtype (1e300 for FP32) would become infinity.
+        with np.errstate(over="raise"):
+            return array.astype(dtype)
+    except FloatingPointError:
+        raise InvalidInput(f"input '{name}': values outside the range of {dtype}") from None
+
+
+def _check_range(name: str, array: np.ndarray, dtype: np.dtype) -> None:
+    info = np.iinfo(dtype)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise InvalidInput(f"input '{name}': values outside the range of {dtype}")
+
+
+def _exact_integers(name: str, data: object, dtype: np.dtype, array: np.ndarray) -> np.ndarray:
+    values = np.array(data, dtype=object)
+    if values.shape != array.shape or not all(type(v) is int for v in values.flat):
+        got = _GOT_WORDS.get(array.dtype.kind, "mixed or nested values")
+        raise InvalidInput(f"input '{name}': expected {_KIND_WORDS[dtype.kind]}, got {got}")
+    info = np.iinfo(dtype)
+    if any(v < info.min or v > info.max for v in values.flat):
+        raise InvalidInput(f"input '{name}': values outside the range of {dtype}")
+    return values.astype(dtype)
 
 
 def _fallback(value: object) -> object:

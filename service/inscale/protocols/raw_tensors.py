@@ -20,6 +20,23 @@ from inscale.errors import InvalidInput
 from inscale.signature import shape_text
 
 _LENGTH = struct.Struct("<I")
+# numpy's limits on a shape, even of an empty array: at most 64 dims, and the product of the
+# non-zero dims times the item size under 2**63 (so [0, 10**30] is no shape at all).
+MAX_RANK = 64
+MAX_ELEMENTS = 2**59
+
+
+def check_shape(name: str, shape: Sequence[int]) -> None:
+    """Refuse a declared shape no array can have, before any size is computed from it."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(
+            f"input '{name}': shape has {len(shape)} dims; at most {MAX_RANK} are supported"
+        )
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{name}': shape {shape_text(shape)} is too large for any tensor "
+            f"(more than 2**59 elements, even leaving out its zero dims)"
+        )
 
 
 def byte_size(datatype: DataType, shape: Sequence[int]) -> int | None:
@@ -43,6 +60,7 @@ def from_binary(
     name: str, datatype: DataType, shape: Sequence[int], data: memoryview
 ) -> np.ndarray:
     """The input's array, viewing `data` (the caller has cut it out of the body)."""
+    check_shape(name, shape)
     if datatype.name == "BYTES":
         return _from_bytes_elements(name, shape, data)
     check_binary_size(name, datatype, shape, len(data))

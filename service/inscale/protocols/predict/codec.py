@@ -49,7 +49,9 @@ def _version(value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise InvalidInput('"version" must be a positive integer')
-    if isinstance(value, str) and not value.isdigit():
+    # isascii: str.isdigit also says yes to digits int() refuses ("²"); the length cap keeps
+    # int() under Python's digit limit (a 5,000-digit string raises ValueError).
+    if isinstance(value, str) and not (value.isascii() and value.isdigit() and len(value) <= 20):
         raise InvalidInput('"version" must be a positive integer')
     if int(value) < 1:
         raise InvalidInput('"version" must be a positive integer')

@@ -21,7 +21,7 @@ import orjson
 
 from inscale.batch_arrays import Arrays
 from inscale.datatypes import BY_NAME, DataType, from_name
-from inscale.errors import InvalidInput, PayloadTooLarge, Unsupported
+from inscale.errors import InvalidInput, PayloadTooLarge, Unsupported, quoted
 from inscale.protocols import raw_tensors
 from inscale.protocols.json_values import dumps, parse_object
 from inscale.protocols.v2 import tensors
@@ -50,9 +50,12 @@ class InferRequest:
 def parse_header_length(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length '{value}' is not a byte count")
-    return int(value)
+    text = value.strip()
+    # isascii: str.isdigit also says yes to digits int() refuses ("²"); the length cap keeps
+    # int() under Python's digit limit (a 5,000-digit number raises ValueError).
+    if not (text.isascii() and text.isdigit() and len(text) <= 20):
+        raise InvalidInput(f"Inference-Header-Content-Length {quoted(value)} is not a byte count")
+    return int(text)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -187,6 +190,7 @@ def _tensor_header(item: object, position: int) -> tuple[str, DataType, list[int
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(f"input '{name}': \"shape\" must be an array of non-negative integers")
+    raw_tensors.check_shape(name, shape)  # before any size is computed or array made from it
     return name, datatype, shape, _parameters(item.get("parameters"), f"input '{name}'")
 
 
