@@ -5,6 +5,10 @@ connection the server closes shows as end of stream on the client (`Connection.c
 """
 
 import asyncio
+import resource
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -267,3 +271,42 @@ def test_worker_processes_use_the_same_protocol(test_repo: Path) -> None:
 
         data = asyncio.run(check(server.port))
         assert asyncio.run(parse_response(data)).status == 408
+
+
+def _open_file_limit_of_server(tmp_path: Path, limits: tuple[int, int]) -> tuple[int, str]:
+    """Start a server under `limits` (soft, hard), read its soft limit, and stop it."""
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    cmd = [sys.executable, "-m", "inscale", "serve", "--port", "0", "--grpc-port", "0"]
+    cmd += ["--model-repository", str(tmp_path), "--max-connections", "100"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lower
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Uvicorn running" in line:
+            break
+    soft = next(
+        int(row.split()[3])
+        for row in Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+        if row.startswith("Max open files")
+    )
+    proc.send_signal(signal.SIGTERM)
+    lines += proc.stdout.readlines()
+    proc.wait(20)
+    proc.stdout.close()
+    return soft, "".join(lines)
+
+
+def test_the_open_file_limit_is_raised_to_fit_the_connection_cap(tmp_path: Path) -> None:
+    needed = 2 * 100 + 1024  # twice the cap, and the process's other files
+    soft, log = _open_file_limit_of_server(tmp_path, (256, needed + 100))
+    assert soft == needed and "open-file limit" not in log
+    # A hard limit below it: raised as far as allowed, and said.
+    soft, log = _open_file_limit_of_server(tmp_path, (256, 512))
+    assert soft == 512
+    assert f"the open-file limit (512) is below what --max-connections 100 needs ({needed})" in log
