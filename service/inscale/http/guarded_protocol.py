@@ -116,6 +116,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._draining:
             self.cycle.keep_alive = False  # every request read while draining is the last
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection passes to uvicorn's WebSocket protocol: no timer of ours may close
+        # it later, and it is no HTTP request waiting for an answer here.
+        self._cancel_timer()
+        self._phase = _IDLE
+        self._counts.read -= 1
+        super().handle_websocket_upgrade()
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._phase = _IDLE
