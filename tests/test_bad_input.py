@@ -90,7 +90,7 @@ _INPUTS_KIND = '"inputs" must be an array or an object mapping input names to ar
         pytest.param(as_json("inputs"), ["JSON object"], id="string-not-object"),
         pytest.param(
             identity_with(extra=1),
-            ["unknown field 'extra'", "inputs, model, timeout_ms, version"],
+            ["unknown field 'extra'", "inputs, model, priority, timeout_ms, version"],
             id="unknown-field",
         ),
         pytest.param(as_json({"model": "identity"}), ['missing field "inputs"'], id="no-inputs"),
@@ -209,8 +209,11 @@ def test_bad_request_document_is_400(
             id="zero-rows",
         ),
         pytest.param(
-            identity_with(inputs=[ROW] * 33),
-            ["the request has 33 rows; this model takes at most 32"],
+            identity_with(inputs=[ROW] * 4097),
+            [
+                "the request has 4097 rows; this model takes at most 4096 per request",
+                "max_request_rows",
+            ],
             id="too-many-rows",
         ),
     ],
@@ -221,11 +224,11 @@ def test_inputs_not_matching_the_signature_are_400(
     assert_error(post(client, content), 400, *words)
 
 
-def test_max_batch_size_rows_are_accepted(client: httpx.Client) -> None:
-    """The bound of the too-many-rows case is inclusive: 32 rows run."""
-    response = post(client, identity_with(inputs=[ROW] * 32))
+def test_max_request_rows_are_accepted(client: httpx.Client) -> None:
+    """The bound of the too-many-rows case is inclusive: 4,096 rows run (in runs of 32)."""
+    response = post(client, identity_with(inputs=[ROW] * 4096))
     assert response.status_code == 200, response.text
-    assert response.json()["outputs"]["y"] == [ROW] * 32
+    assert response.json()["outputs"]["y"] == [ROW] * 4096
 
 
 # -- which model ---------------------------------------------------------------------------
@@ -399,7 +402,7 @@ def bad_bodies() -> list[tuple[bytes, int]]:
         (identity_with(timeout_ms="x"), 400),
         (pair_with({"x": [[1, 2, 3]], "idx": [[0.5, 1.0]]}), 400),
         (pair_with({"x": [[1, 2, 3]] * 2, "idx": [[0, 1]] * 3}), 400),
-        (identity_with(inputs=[ROW] * 33), 400),
+        (identity_with(inputs=[ROW] * 4097), 400),
         (identity_with(model="broken"), 503),
     ]
     # Every large body is read and parsed whole; most then fail before any array is built.

@@ -39,6 +39,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     repo = tmp_path_factory.mktemp("grpc-bad-input")
     add_model(repo, "identity", identity())
     add_model(repo, "pair", two_in_two_out())
+    add_model(repo, "bulk", identity(), config={"batching": {"max_request_rows": 8}})
     add_model(repo, "strings", identity(TensorProto.STRING, ("N", 2)))
     add_model(repo, "int8", identity(TensorProto.INT8, ("N", 2)))
     add_model(repo, "uint8", identity(TensorProto.UINT8, ("N", 2)))
@@ -51,7 +52,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
         busy(),
         config={
             "runtime": {"intra_op_threads": 1},
-            "batching": {"max_batch_size": 8, "max_queue_size": 2},
+            # No admission: its run time is chosen per request, not by its rows.
+            "batching": {"max_batch_size": 8, "max_queue_size": 2, "admission": False},
             "timeout_ms": 60_000,
         },
     )
@@ -324,9 +326,9 @@ CASES: list[tuple[str, Any, grpc.StatusCode, str]] = [
     ),
     (
         "too many rows",
-        infer("identity", x([33, 4]), raw=[FLOATS_1x4 * 33]),
+        infer("bulk", x([9, 4]), raw=[FLOATS_1x4 * 9]),
         INVALID,
-        "the request has 33 rows; this model takes at most 32",
+        "the request has 9 rows; this model takes at most 8 per request (its max_request_rows)",
     ),
     (
         "no inputs",
@@ -670,7 +672,7 @@ def test_full_queue_is_unavailable_with_a_retry_hint(
     expect(
         error,
         grpc.StatusCode.UNAVAILABLE,
-        "model 'busy' is overloaded: busy:1: queue is full (2 requests waiting)",
+        "model 'busy' is overloaded: queue is full (2 requests waiting)",
     )
     assert isinstance(error, grpc.Call)
     assert ("retry-after", "7") in tuple(error.trailing_metadata() or ())

@@ -33,7 +33,13 @@ ONE_THREAD = {"runtime": {"intra_op_threads": 1}}
 
 
 def busy_config(max_queue_size: int) -> dict[str, object]:
-    batching = {"max_batch_size": 16, "max_queue_delay_ms": 5, "max_queue_size": max_queue_size}
+    # No admission: busy's run time is chosen per request, not by its rows.
+    batching = {
+        "max_batch_size": 16,
+        "max_queue_delay_ms": 5,
+        "max_queue_size": max_queue_size,
+        "admission": False,
+    }
     return {**ONE_THREAD, "batching": batching, "timeout_ms": 60_000}
 
 

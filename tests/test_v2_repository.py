@@ -197,7 +197,12 @@ def busy_body(x: float, work: int) -> dict[str, Any]:
 
 
 def test_unload_drains_accepted_requests_and_refuses_new_ones(tmp_path: Path) -> None:
-    add_model(tmp_path, "busy", busy(), config={**ONE_THREAD, "timeout_ms": 60_000})
+    add_model(
+        tmp_path,
+        "busy",
+        busy(),
+        config={**ONE_THREAD, "timeout_ms": 60_000, "batching": {"admission": False}},
+    )
     with running_server(tmp_path) as server, ThreadPoolExecutor(4) as pool:
         infer = f"{server.url}/v2/models/busy/infer"
         holder = pool.submit(httpx.post, infer, json=busy_body(-1, 3000), timeout=60)

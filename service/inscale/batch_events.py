@@ -13,7 +13,10 @@ R = TypeVar("R")
 
 
 class DropReason(enum.Enum):
-    REJECTED = "rejected"  # queue full
+    REJECTED = "queue_full"  # refused: the queue was full
+    SHED = "overloaded"  # refused: estimated to finish after its deadline (admission)
+    PREEMPTED = "preempted"  # queued, pushed out of a full queue by a higher priority
+    LATE = "late"  # queued, dropped before its run: it could no longer meet its deadline
     EXPIRED = "timeout"  # deadline passed while queued
     CANCELLED = "cancelled"  # caller went away while queued
     CLOSED = "closed"  # the batcher shut down with the request still queued

@@ -1,18 +1,36 @@
 """Dynamic batching of concurrent requests, generic over the payload.
 
-Requests wait in a bounded FIFO. A loop takes an idle instance slot, then cuts a batch from
-the queue when one of these holds, checked in this order:
+Requests wait in bounded FIFO queues, one per priority level (level 0 first). A loop takes an
+idle instance slot, then cuts a batch from the queue when one of these holds, checked in this
+order:
 
-1. the rows waiting (compatible with the oldest request) fill `max_batch_size`; or a FIFO
-   prefix of them adds up to the largest preferred batch size; or all of them add up to a
-   smaller preferred size;
-2. the oldest request is alone in the queue: an idle instance runs it at once, so a lone
-   request is never held back by `max_queue_delay`;
-3. `max_queue_delay` has passed since the oldest request was queued.
+1. the rows waiting (compatible with the head request) fill `max_batch_size`; or a prefix of
+   them adds up to the largest preferred batch size; or all of them add up to a smaller
+   preferred size;
+2. without a latency objective: the head request is alone in the queue (an idle instance
+   runs it at once, so a lone request is never held back by `max_queue_delay`), or
+   `max_queue_delay` has passed since it was queued;
+3. with a latency objective (`latency_slo_s`): waiting is not worth it. It is only while
+   requests arrive faster than a run of the rows waiting takes, a fuller batch is clearly
+   cheaper per row, and even a full batch started later still ends within `WAIT_SHARE` of
+   the objective; all of it is decided again at every arrival (see `_wait_until`).
 
-Otherwise it waits for the next arrival or that delay, whichever comes first. Under load the
-instances are busy, requests pile up meanwhile, and the next idle instance takes them all:
-batch size follows load without a timer on the fast path.
+Otherwise it waits for the next arrival or the time the rule names. Under load the instances
+are busy, requests pile up meanwhile, and the next idle instance takes them all: batch size
+follows load without a timer on the fast path.
+
+The head request is the oldest of the highest non-empty priority level, unless the oldest of
+a lower level has waited `max_starvation_s`: then it goes first, so low priority still
+progresses under sustained high-priority load. A batch takes rows by level, then age.
+
+Admission (Clockwork's rule: never queue work that cannot finish in time): a request whose
+estimated finish (the rows queued ahead of it at its level or above, run in full batches on
+the instances, after the soonest running batch ends) is past its deadline is refused at once
+with `OverloadedError`, and a queued request whose deadline a run can no longer meet is
+dropped before it runs. The cost of a run per batch size is learned online (`RunCost`); before
+the first run there is no estimate and everything is admitted. The deadline is the caller's,
+or `latency_slo_s` after arrival if that is sooner. A full queue refuses a request, unless a
+lower priority level has one queued: its newest request is pushed out instead.
 
 Requests are only merged when their keys are equal (the caller makes the key from the
 non-batch dims), so arrays of different shapes never meet. `run_batch` is synchronous and
@@ -24,11 +42,12 @@ batch finished with its times) to one listener the caller gives; the batcher kee
 counters of its own, only what is in it now (`load()`), which its own rules need.
 
 This module imports nothing from the rest of inscale but its own event types
-(`inscale.batch_events`); its errors are its own.
+(`inscale.batch_events`) and cost model (`inscale.run_cost`); its errors are its own.
 """
 
 import asyncio
 import enum
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -37,9 +56,20 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from inscale.batch_events import BatchEvents, BatchRecord, DropReason, Load, Ran, StepTimes
+from inscale.run_cost import RunCost
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# With a latency objective, a forming batch may wait only while even a full batch started at
+# the end of the wait still ends within this share of the objective after the head request
+# arrived: the rest is kept for the protocol layers and the tail.
+WAIT_SHARE = 0.5
+# ... and only when the fuller batch is expected to cost at least this much less per row.
+MIN_GAIN = 0.2
+# The arrival rate the wait rule uses forgets with this time constant: a burst is forgotten
+# within a few tenths of a second, so a lone client after it is not held back.
+RATE_WINDOW_S = 0.02
 
 
 class BatcherError(Exception):
@@ -47,11 +77,23 @@ class BatcherError(Exception):
 
 
 class QueueFullError(BatcherError):
-    pass
+    """The queue is at `max_queue_size` (or a higher priority request took this one's place)."""
+
+
+class OverloadedError(BatcherError):
+    """Admission: the request could not finish before its deadline, so it was not queued."""
+
+    def __init__(self, message: str, estimate_s: float) -> None:
+        super().__init__(message)
+        self.estimate_s = estimate_s  # when it would have finished, from now
 
 
 class DeadlineError(BatcherError):
-    pass
+    """The request's deadline passed while it was queued."""
+
+
+class LateError(DeadlineError):
+    """The request was dropped before its run: the run could no longer end by its deadline."""
 
 
 class BatcherClosedError(BatcherError):
@@ -65,11 +107,15 @@ class BatchFailedError(BatcherError):
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     max_batch_size: int  # rows per run
-    max_queue_delay_s: float
+    max_queue_delay_s: float  # used when there is no latency objective
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024  # requests
+    max_queue_size: int = 1024  # requests, all levels together
     instances: int = 1
     batching: bool = True  # False: every request runs alone
+    latency_slo_s: float | None = None  # the end-to-end objective; None: greedy batching
+    priority_levels: int = 1  # level 0 is served first
+    max_starvation_s: float = 0.5  # a lower level's oldest request waits at most this long
+    admission: bool = True  # refuse and drop by the learned run cost (False: deadlines only)
 
 
 class _State(enum.Enum):
@@ -84,6 +130,8 @@ class _Pending(Generic[T, R]):
     rows: int
     key: Hashable
     enqueued: float
+    deadline: float  # math.inf when none
+    level: int
     future: asyncio.Future[R]
     state: _State = _State.QUEUED
     timer: asyncio.TimerHandle | None = None
@@ -94,6 +142,7 @@ class _Plan(Generic[T, R]):
     items: list[_Pending[T, R]] = field(default_factory=list)
     ready: bool = False
     wake_at: float = 0.0
+    late: list[_Pending[T, R]] = field(default_factory=list)
 
 
 class Batcher(Generic[T, R]):
@@ -111,11 +160,20 @@ class Batcher(Generic[T, R]):
         self.policy = policy
         self._name = name
         self._events = events
-        self._queue: deque[_Pending[T, R]] = deque()
+        # The run cost learned from this batcher's runs (and the owner's warm-up).
+        self.cost = RunCost()
+        self._queues: list[deque[_Pending[T, R]]] = [deque() for _ in range(policy.priority_levels)]
+        self._level_rows = [0] * policy.priority_levels  # rows queued per level
         self._queued = 0
         self._queued_rows = 0
         self._running_batches = 0
         self._running_requests = 0
+        self._running_ends: list[float] = []  # estimated end of each running batch
+        self._rate = 0.0  # arrivals in rows/s, decayed to `_rate_at` (only with an SLO)
+        self._rate_at = 0.0
+        self._arrivals = (
+            0  # requests queued so far: tells a wait that saw one from one that did not
+        )
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -152,11 +210,12 @@ class Batcher(Generic[T, R]):
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for item in self._queue:
-            if item.state is _State.QUEUED:
-                closed = BatcherClosedError(f"{self._name} is shutting down")
-                self._drop(item, DropReason.CLOSED, closed)
-        self._queue.clear()
+        for queue in self._queues:
+            for item in queue:
+                if item.state is _State.QUEUED:
+                    closed = BatcherClosedError(f"{self._name} is shutting down")
+                    self._drop(item, DropReason.CLOSED, closed)
+            queue.clear()
         if self._running_tasks:
             await asyncio.gather(*self._running_tasks, return_exceptions=True)
         if self._executor is not None:
@@ -178,30 +237,45 @@ class Batcher(Generic[T, R]):
         rows: int = 1,
         key: Hashable = None,
         deadline: float | None = None,
+        level: int = 0,
         abandon_on: "asyncio.Future[Any] | None" = None,
     ) -> R:
         """Queue one request and wait for its result.
 
-        `deadline` is on the event loop's monotonic clock (`loop.time()`). When `abandon_on`
-        completes (the HTTP layer's "client disconnected" watcher) or the awaiting task is
-        cancelled, the request leaves the queue and this raises CancelledError.
+        `deadline` is on the event loop's monotonic clock (`loop.time()`); the latency
+        objective, if sooner, replaces it. `level` is the priority level (0 is served first).
+        When `abandon_on` completes (the HTTP layer's "client disconnected" watcher) or the
+        awaiting task is cancelled, the request leaves the queue and this raises
+        CancelledError.
         """
         if self._closed or self._wakeup is None:
             raise BatcherClosedError(f"{self._name} is not accepting requests")
-        if rows > self.policy.max_batch_size:
-            raise ValueError(f"{rows} rows exceed max_batch_size {self.policy.max_batch_size}")
-        if self._queued >= self.policy.max_queue_size:
+        policy = self.policy
+        if rows > policy.max_batch_size:
+            raise ValueError(f"{rows} rows exceed max_batch_size {policy.max_batch_size}")
+        if not 0 <= level < policy.priority_levels:
+            raise ValueError(f"priority level {level} outside 0..{policy.priority_levels - 1}")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = math.inf if deadline is None else deadline
+        if policy.latency_slo_s is not None:
+            due = min(due, now + policy.latency_slo_s)
+            self._count_arrival(now, rows)
+        if self._queued >= policy.max_queue_size and not self._make_room(level):
             self._events.request_dropped(DropReason.REJECTED)
             raise QueueFullError(
-                f"{self._name}: queue is full ({self.policy.max_queue_size} requests waiting)"
+                f"{self._name}: queue is full ({policy.max_queue_size} requests waiting)"
             )
-        loop = asyncio.get_running_loop()
-        item: _Pending[T, R] = _Pending(payload, rows, key, loop.time(), loop.create_future())
-        if deadline is not None:
-            item.timer = loop.call_at(deadline, self._expire, item)
-        self._queue.append(item)
+        if due != math.inf and policy.admission:
+            self._admit(now, rows, key, level, due)
+        item: _Pending[T, R] = _Pending(payload, rows, key, now, due, level, loop.create_future())
+        if due != math.inf:
+            item.timer = loop.call_at(due, self._expire, item)
+        self._queues[level].append(item)
         self._queued += 1
         self._queued_rows += rows
+        self._level_rows[level] += rows
+        self._arrivals += 1
         self._events.request_queued(rows)
         self._idle.clear()  # type: ignore[union-attr]
         self._wakeup.set()
@@ -216,25 +290,93 @@ class Batcher(Generic[T, R]):
                 self._drop(item, DropReason.CANCELLED, None)
             raise
 
+    def estimate_finish(self, now: float, rows: int, key: Hashable, level: int = 0) -> float | None:
+        """Seconds from `now` until a request of `rows` rows submitted now would finish, or
+        None while nothing has run yet. Rows queued at its level or above go first, in full
+        batches shared over the instances, after the soonest running batch ends."""
+        policy = self.policy
+        ahead = rows + (
+            self._queued_rows
+            if level == len(self._queues) - 1
+            else sum(self._level_rows[: level + 1])
+        )
+        full, rest = divmod(ahead, policy.max_batch_size)
+        cost = self.cost
+        work = 0.0
+        if full:
+            per_full = cost.estimate(key, policy.max_batch_size)
+            if per_full is None:
+                return None
+            work = full * per_full
+        if rest:
+            per_rest = cost.estimate(key, rest)
+            if per_rest is None:
+                return None
+            work += per_rest
+        wait = 0.0
+        if self._running_batches >= policy.instances and self._running_ends:
+            wait = max(0.0, min(self._running_ends) - now)
+        return wait + work / policy.instances
+
+    def _admit(self, now: float, rows: int, key: Hashable, level: int, due: float) -> None:
+        estimate = self.estimate_finish(now, rows, key, level)
+        if estimate is not None and now + estimate > due:
+            self._events.request_dropped(DropReason.SHED)
+            raise OverloadedError(
+                f"{self._name}: the request would finish in about "
+                f"{estimate * 1000:.1f} ms, after its deadline in {(due - now) * 1000:.1f} ms",
+                estimate,
+            )
+
+    def _make_room(self, level: int) -> bool:
+        """The queue is full: push out the newest request of the lowest level below `level`
+        that has one queued. False when there is none (then the new request is refused)."""
+        for lower in range(len(self._queues) - 1, level, -1):
+            queue = self._queues[lower]
+            while queue:
+                item = queue.pop()
+                if item.state is _State.QUEUED:
+                    error = QueueFullError(
+                        f"{self._name}: queue is full; a higher priority request took this "
+                        "one's place"
+                    )
+                    self._drop(item, DropReason.PREEMPTED, error)
+                    return True
+        return False
+
+    def _count_arrival(self, now: float, rows: int) -> None:
+        self._rate = (
+            self._rate * math.exp((self._rate_at - now) / RATE_WINDOW_S) + rows / RATE_WINDOW_S
+        )
+        self._rate_at = now
+
+    def _arrival_rate(self, now: float) -> float:
+        """Rows per second arriving lately, not counting one row: a lone request after a
+        quiet spell is evidence of no rate at all, not of one row per `RATE_WINDOW_S`."""
+        decayed = self._rate * math.exp((self._rate_at - now) / RATE_WINDOW_S)
+        return max(0.0, decayed - 1 / RATE_WINDOW_S)
+
     def _expire(self, item: _Pending[T, R]) -> None:
         if item.state is _State.QUEUED:
             self._drop(item, DropReason.EXPIRED, DeadlineError("deadline passed while queued"))
 
     def _drop(self, item: _Pending[T, R], reason: DropReason, error: BaseException | None) -> None:
-        """Take a queued request out; it stays in the deque as a shell until skipped."""
+        """Take a queued request out; it stays in its deque as a shell until skipped."""
         item.state = _State.DROPPED
         item.payload = None  # release the arrays now, not when the shell is skipped
         if item.timer is not None:
             item.timer.cancel()
         self._queued -= 1
         self._queued_rows -= item.rows
+        self._level_rows[item.level] -= item.rows
         self._events.request_dropped(reason)
         if error is not None and not item.future.done():
             item.future.set_exception(error)
         # Shells are skipped lazily; compact when they outnumber live requests so a storm of
         # timeouts cannot grow the deque without bound.
-        if len(self._queue) > 2 * self._queued + 64:
-            self._queue = deque(i for i in self._queue if i.state is _State.QUEUED)
+        queue = self._queues[item.level]
+        if len(queue) > 2 * self._queued + 64:
+            self._queues[item.level] = deque(i for i in queue if i.state is _State.QUEUED)
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -259,58 +401,137 @@ class Batcher(Generic[T, R]):
     async def _next_batch(self) -> list[_Pending[T, R]]:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
+        patient = True
         while True:
-            plan = self._plan(loop.time())
+            plan = self._plan(loop.time(), patient)
+            if plan.late:
+                late = LateError("the request could no longer finish before its deadline")
+                for item in plan.late:
+                    self._drop(item, DropReason.LATE, late)
+                continue  # plan again without them
             if plan.ready:
                 self._dequeue(plan.items)
                 return plan.items
             # No await between planning and clearing, so no arrival can be missed.
             self._wakeup.clear()
             timer = loop.call_at(plan.wake_at, self._wakeup.set) if plan.items else None
+            arrivals = self._arrivals
             await self._wakeup.wait()
             if timer is not None:
                 timer.cancel()
+            # A wait for rows that did not come is not repeated: the rows expected were the
+            # arrival rate's guess, and the callers queued may be all there are.
+            patient = self._arrivals != arrivals
 
-    def _plan(self, now: float) -> _Plan[T, R]:
-        queue = self._queue
-        while queue and queue[0].state is not _State.QUEUED:
-            queue.popleft()
+    def _head(self, now: float) -> _Pending[T, R] | None:
+        """The request the next batch is built around (see the module's docstring)."""
+        head = None
+        for queue in self._queues:
+            while queue and queue[0].state is not _State.QUEUED:
+                queue.popleft()
+            if queue and head is None:
+                head = queue[0]
+        if head is None or len(self._queues) == 1:
+            return head
+        starving = [
+            q[0]
+            for q in self._queues[head.level + 1 :]
+            if q and now - q[0].enqueued >= self.policy.max_starvation_s
+        ]
+        return min(starving, key=lambda item: item.enqueued) if starving else head
+
+    def _plan(self, now: float, patient: bool = True) -> _Plan[T, R]:
         plan: _Plan[T, R] = _Plan()
-        if not queue:
+        head = self._head(now)
+        if head is None:
             return plan
         policy = self.policy
-        head = queue[0]
-        rows = 0
-        full = False
-        for item in queue:
-            if item.state is not _State.QUEUED or item.key != head.key:
-                continue
-            if rows + item.rows > policy.max_batch_size:
-                full = True
-                break
-            plan.items.append(item)
-            rows += item.rows
-            if not policy.batching or rows == policy.max_batch_size:
-                full = True
-                break
-        preferred_cut = self._preferred_prefix(plan.items)
+        items = plan.items
+        items.append(head)
+        rows = head.rows
+        full = not policy.batching or rows == policy.max_batch_size
+        if not full:
+            for queue in self._queues:
+                for item in queue:
+                    if item is head or item.state is not _State.QUEUED or item.key != head.key:
+                        continue
+                    if rows + item.rows > policy.max_batch_size:
+                        full = True
+                        break
+                    items.append(item)
+                    rows += item.rows
+                    if rows == policy.max_batch_size:
+                        full = True
+                        break
+                if full:
+                    break
+        estimate = self.cost.estimate(head.key, rows)
+        if estimate is not None and policy.admission:
+            ends = now + estimate
+            plan.late = [item for item in items if item.deadline < ends]
+            if plan.late:
+                return plan
+        preferred_cut = self._preferred_prefix(items)
         if preferred_cut is not None and (
             preferred_cut[1] == policy.preferred_batch_sizes[-1]  # the largest one
-            or (preferred_cut[0] == len(plan.items) and not full)  # all that waits
+            or (preferred_cut[0] == len(items) and not full)  # all that waits
         ):
-            plan.items = plan.items[: preferred_cut[0]]
+            del items[preferred_cut[0] :]
             plan.ready = True
             return plan
-        lone = self._queued == 1
-        waited_enough = now >= head.enqueued + policy.max_queue_delay_s
-        plan.ready = full or lone or waited_enough
+        if policy.latency_slo_s is not None:
+            wait_until = (
+                None if full or not patient else self._wait_until(now, head, rows, estimate)
+            )
+            plan.ready = wait_until is None
+            plan.wake_at = now if wait_until is None else wait_until
+        else:
+            lone = self._queued == 1
+            waited_enough = now >= head.enqueued + policy.max_queue_delay_s
+            plan.ready = full or lone or waited_enough
+            plan.wake_at = head.enqueued + policy.max_queue_delay_s
         if plan.ready and preferred_cut is not None:
-            plan.items = plan.items[: preferred_cut[0]]
-        plan.wake_at = head.enqueued + policy.max_queue_delay_s
+            del items[preferred_cut[0] :]
         return plan
 
+    def _wait_until(
+        self, now: float, head: _Pending[T, R], rows: int, cost_now: float | None
+    ) -> float | None:
+        """With a latency objective: until when to wait for more rows, or None to run now.
+
+        Waiting pays only when arrivals outpace runs of the rows waiting (otherwise the
+        instance would sit idle while a lone client waits on us), the rows expected meanwhile
+        make a run clearly cheaper per row, and a full batch started after the wait still
+        ends within `WAIT_SHARE` of the objective (and before the head's deadline). Each wait
+        lasts until about two arrivals are due; one that sees none ends the waiting.
+        """
+        policy = self.policy
+        assert policy.latency_slo_s is not None
+        if cost_now is None:
+            return None
+        rate = self._arrival_rate(now)
+        if rate * cost_now < 1:
+            return None
+        cost = self.cost
+        cost_full = cost.estimate(head.key, policy.max_batch_size)
+        assert cost_full is not None  # known whenever cost_now is
+        latest_start = (
+            min(head.enqueued + policy.latency_slo_s * WAIT_SHARE, head.deadline) - cost_full
+        )
+        budget = latest_start - now
+        if budget <= 0:
+            return None
+        more = min(policy.max_batch_size - rows, rate * budget)
+        if more < 1:
+            return None
+        cost_more = cost.estimate(head.key, rows + int(more))
+        assert cost_more is not None
+        if cost_more / (rows + int(more)) > (1 - MIN_GAIN) * cost_now / rows:
+            return None
+        return now + min(budget, more / rate, 2 / rate)
+
     def _preferred_prefix(self, items: list[_Pending[T, R]]) -> tuple[int, int] | None:
-        """The longest FIFO prefix whose rows add up to a preferred size: (length, rows)."""
+        """The longest prefix whose rows add up to a preferred size: (length, rows)."""
         preferred = self.policy.preferred_batch_sizes
         if not preferred:
             return None
@@ -324,21 +545,26 @@ class Batcher(Generic[T, R]):
 
     def _dequeue(self, items: list[_Pending[T, R]]) -> None:
         rows = 0
+        levels = set()
         for item in items:
             item.state = _State.RUNNING
             if item.timer is not None:
                 item.timer.cancel()
             rows += item.rows
+            self._level_rows[item.level] -= item.rows
+            levels.add(item.level)
         self._queued -= len(items)
         self._queued_rows -= rows
         self._running_batches += 1
         self._running_requests += len(items)
-        queue = self._queue
-        if queue and queue[0] is items[0] and all(queue[i] is item for i, item in enumerate(items)):
-            for _ in items:
-                queue.popleft()
-        else:  # the batch skipped requests of another shape: keep those, in order
-            self._queue = deque(i for i in queue if i.state is _State.QUEUED)
+        for level in levels:
+            queue = self._queues[level]
+            taken = [item for item in items if item.level == level]
+            if len(taken) <= len(queue) and all(queue[i] is item for i, item in enumerate(taken)):
+                for _ in taken:
+                    queue.popleft()
+            else:  # the batch skipped requests of another shape: keep those, in order
+                self._queues[level] = deque(i for i in queue if i.state is _State.QUEUED)
 
     async def _execute(self, items: list[_Pending[T, R]]) -> None:
         assert self._slots is not None
@@ -347,8 +573,12 @@ class Batcher(Generic[T, R]):
         queue_seconds = tuple(started - item.enqueued for item in items)
         payloads = [item.payload for item in items]
         rows = sum(item.rows for item in items)
+        key = items[0].key
         for item in items:
             item.payload = None
+        expected = self.cost.estimate(key, rows)
+        end = started + (expected if expected is not None else 0.0)
+        self._running_ends.append(end)
         steps = StepTimes()
         failed = False
         try:
@@ -372,10 +602,13 @@ class Batcher(Generic[T, R]):
                     item.future.set_result(result)
         finally:
             compute_seconds = loop.time() - started
+            self._running_ends.remove(end)
             self._running_batches -= 1
             self._running_requests -= len(items)
             self._slots.release()
             self._check_idle()
+        if not failed:
+            self.cost.observe(key, rows, compute_seconds)
         self._events.batch_finished(
             BatchRecord(
                 len(items), rows, queue_seconds, compute_seconds, steps, failed, time.time()

@@ -9,17 +9,27 @@ gRPC; each protocol maps those errors to its own statuses in its own table.
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+import numpy as np
+
 from inscale.batch_arrays import Arrays
-from inscale.batcher import BatcherClosedError, BatchFailedError, DeadlineError, QueueFullError
+from inscale.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    DeadlineError,
+    LateError,
+    OverloadedError,
+    QueueFullError,
+)
 from inscale.errors import (
     DeadlineExceeded,
     InvalidInput,
     ModelExecutionError,
     ModelNotFound,
     ModelNotReady,
+    Overloaded,
     QueueFull,
 )
 from inscale.models.registry import ModelRegistry
@@ -71,41 +81,61 @@ class DataPlane:
         *,
         started: float,
         timeout_s: float | None = None,
+        priority: int = 0,
         abandon_on: "asyncio.Future[Any] | None" = None,
     ) -> Arrays:
         """Run one request (one or more rows) and return its outputs.
 
         `started` is `time.perf_counter()` when the request arrived at its protocol layer.
-        The deadline is the model's `timeout_ms`, or `timeout_s` if that is sooner. When
-        `abandon_on` completes (the caller went away) the request leaves the queue and this
-        raises `CancelledError`.
+        The deadline is the model's `timeout_ms`, or `timeout_s` if that is sooner (and the
+        model's latency objective, if sooner still, in the batcher). `priority` is the
+        request's parameter: 0 for the model's default level, else 1 (highest) to its
+        `priority_levels`. A request with more rows than a run takes is split into runs and
+        reassembled. When `abandon_on` completes (the caller went away) the request leaves
+        the queue and this raises `CancelledError`.
         """
         events = model.events
         try:
             rows = count_rows(model.rules, arrays)
+            level = _level(model, priority)
         except InvalidInput:
             events.request_refused()
             raise
         timeout = model.timeout_s if timeout_s is None else min(timeout_s, model.timeout_s)
         deadline = asyncio.get_running_loop().time() + timeout
+        key = model.key(arrays)
         succeeded = False
         try:
-            result = await model.batcher.submit(
-                Request(arrays, rows),
-                rows=rows,
-                key=model.key(arrays),
-                deadline=deadline,
-                abandon_on=abandon_on,
-            )
+            if rows <= model.max_rows:
+                result = await model.batcher.submit(
+                    Request(arrays, rows),
+                    rows=rows,
+                    key=key,
+                    deadline=deadline,
+                    level=level,
+                    abandon_on=abandon_on,
+                )
+            else:
+                result = await _in_chunks(model, arrays, rows, key, deadline, level, abandon_on)
             succeeded = True
             return result
+        except OverloadedError as exc:
+            raise Overloaded(
+                f"model '{model.name}' is overloaded: {_after_name(exc)}", self._retry_after_s
+            ) from exc
         except QueueFullError as exc:
             raise QueueFull(
-                f"model '{model.name}' is overloaded: {exc}", self._retry_after_s
+                f"model '{model.name}' is overloaded: {_after_name(exc)}", self._retry_after_s
+            ) from exc
+        except LateError as exc:
+            raise DeadlineExceeded(
+                f"model '{model.name}': dropped before its run, which could no longer end "
+                f"within {_deadline_text(model, timeout)}"
             ) from exc
         except DeadlineError as exc:
             raise DeadlineExceeded(
-                f"model '{model.name}': request timed out after {timeout * 1000:g} ms in the queue"
+                f"model '{model.name}': request timed out after {_deadline_text(model, timeout)} "
+                "in the queue"
             ) from exc
         except BatchFailedError as exc:
             raise ModelExecutionError(f"model '{model.name}' failed: {exc}") from exc
@@ -113,3 +143,64 @@ class DataPlane:
             raise ModelNotReady(f"model '{model.name}' is shutting down") from exc
         finally:
             events.request_done(succeeded, time.perf_counter() - started)
+
+
+def _level(model: ModelVersion, priority: int) -> int:
+    batching = model.config.batching
+    if priority > batching.priority_levels:
+        raise InvalidInput(
+            f'the "priority" parameter must be 0 (default) to {batching.priority_levels} '
+            f"for model '{model.name}' (its priority_levels), got {priority}"
+        )
+    return batching.level_of(priority)
+
+
+def _after_name(exc: Exception) -> str:
+    """The batcher's message without its own name prefix ("digits:1: queue is full")."""
+    text = str(exc)
+    _, sep, rest = text.partition(": ")
+    return rest if sep else text
+
+
+def _deadline_text(model: ModelVersion, timeout_s: float) -> str:
+    slo_ms = model.config.latency_slo_ms
+    if slo_ms is not None and slo_ms < timeout_s * 1000:
+        return f"{slo_ms:g} ms (its latency objective)"
+    return f"{timeout_s * 1000:g} ms"
+
+
+async def _in_chunks(
+    model: ModelVersion,
+    arrays: Arrays,
+    rows: int,
+    key: Hashable,
+    deadline: float,
+    level: int,
+    abandon_on: "asyncio.Future[Any] | None",
+) -> Arrays:
+    """A request with more rows than a run takes: submitted as chunks of at most
+    `max_batch_size` rows, queued in order (so they run in order, possibly beside other
+    callers' rows), and their outputs joined. The first chunk that fails fails the request
+    with its error, and the chunks still queued leave the queue."""
+    step = model.max_rows
+    tasks = []
+    for start in range(0, rows, step):
+        chunk = {name: array[start : start + step] for name, array in arrays.items()}
+        size = min(step, rows - start)
+        submitted = model.batcher.submit(
+            Request(chunk, size),
+            rows=size,
+            key=key,
+            deadline=deadline,
+            level=level,
+            abandon_on=abandon_on,
+        )
+        tasks.append(asyncio.ensure_future(submitted))
+    try:
+        parts = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

@@ -50,8 +50,13 @@ class QueueFull(InscaleError):
         self.retry_after_s = retry_after_s
 
 
+class Overloaded(QueueFull):
+    """Admission: the model could not finish the request before its deadline (or latency
+    objective) given the work queued ahead, so it was refused at once rather than queued."""
+
+
 class DeadlineExceeded(InscaleError):
-    """The request was still queued when its deadline passed."""
+    """The request was still queued when its deadline passed, or could no longer meet it."""
 
 
 class PermissionDenied(InscaleError):

@@ -26,7 +26,7 @@ class InputRules:
 
     signature: Signature
     batchable: bool
-    max_rows: int  # rows per request (1 when not batchable)
+    max_rows: int  # rows per request (1 when not batchable); runs are split by the data plane
     variable_axes: Mapping[str, int]  # input -> axis padded per batch, free in requests
 
 
@@ -70,7 +70,8 @@ def count_rows(rules: InputRules, arrays: Mapping[str, np.ndarray]) -> int:
         raise InvalidInput("the request has no rows")
     if rows > rules.max_rows:
         raise InvalidInput(
-            f"the request has {rows} rows; this model takes at most {rules.max_rows}"
+            f"the request has {rows} rows; this model takes at most {rules.max_rows} per "
+            "request (its max_request_rows)"
         )
     return rows
 

@@ -19,6 +19,7 @@ async def infer_while_connected(
     *,
     started: float,
     timeout_s: float | None,
+    priority: int = 0,
 ) -> Arrays:
     """Run a request, dropping it from the queue if its client disconnects meanwhile.
 
@@ -27,7 +28,12 @@ async def infer_while_connected(
     gone: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
     try:
         return await plane.infer(
-            model, arrays, started=started, timeout_s=timeout_s, abandon_on=gone
+            model,
+            arrays,
+            started=started,
+            timeout_s=timeout_s,
+            priority=priority,
+            abandon_on=gone,
         )
     except asyncio.CancelledError:
         if not gone.done():

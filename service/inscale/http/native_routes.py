@@ -49,7 +49,11 @@ def _model_detail(model: ModelVersion) -> dict[str, Any]:
             "max_queue_delay_ms": batching.max_queue_delay_ms,
             "preferred_batch_sizes": batching.preferred_batch_sizes,
             "max_queue_size": batching.max_queue_size,
+            "max_request_rows": model.max_request_rows,
+            "default_priority_level": batching.default_priority_level,
+            "max_starvation_ms": batching.max_starvation_ms,
         },
+        "admission": model.admission_report(),
         "instances": model.config.instances,
         "timeout_ms": model.config.timeout_ms,
         "stats": {

@@ -16,6 +16,9 @@ class Outcome(enum.StrEnum):
 
     SUCCESS = "success"
     REJECTED = "rejected"  # queue full (503)
+    OVERLOADED = "overloaded"  # admission: would have finished after its deadline (503)
+    PREEMPTED = "preempted"  # pushed out of a full queue by a higher priority (503)
+    LATE = "late"  # dropped before its run: it could no longer meet its deadline
     TIMEOUT = "timeout"  # deadline passed while queued
     BAD_INPUT = "bad_input"  # refused as invalid after it named a known model (4xx)
     MODEL_ERROR = "model_error"  # the model run raised (500)
@@ -25,6 +28,9 @@ class Outcome(enum.StrEnum):
 
 _DROPPED = {
     DropReason.REJECTED: Outcome.REJECTED,
+    DropReason.SHED: Outcome.OVERLOADED,
+    DropReason.PREEMPTED: Outcome.PREEMPTED,
+    DropReason.LATE: Outcome.LATE,
     DropReason.EXPIRED: Outcome.TIMEOUT,
     DropReason.CANCELLED: Outcome.CANCELLED,
     DropReason.CLOSED: Outcome.UNAVAILABLE,
@@ -35,6 +41,7 @@ class ModelMetrics:
     """The labelled children of one model version (see `inscale.events.ModelEvents`)."""
 
     __slots__ = (
+        "_admitted",
         "_bad_input",
         "_batch_size",
         "_compute",
@@ -52,6 +59,7 @@ class ModelMetrics:
         labels: tuple[str, str],
         *,
         requests: CounterFamily,
+        admitted: CounterFamily,
         rows: CounterFamily,
         runs: CounterFamily,
         duration: HistogramFamily,
@@ -65,6 +73,7 @@ class ModelMetrics:
         self._model_error = outcomes[Outcome.MODEL_ERROR]
         self._bad_input = outcomes[Outcome.BAD_INPUT]
         self._dropped = {reason: outcomes[outcome] for reason, outcome in _DROPPED.items()}
+        self._admitted = admitted.labels(*labels)
         self._rows = rows.labels(*labels)
         self._runs = runs.labels(*labels)
         self._duration = duration.labels(*labels)
@@ -73,7 +82,8 @@ class ModelMetrics:
         self._batch_size = batch_size.labels(*labels)
 
     def request_queued(self, rows: int) -> None:
-        pass  # in flight and queue depth are read from the batcher when scraped
+        # In flight and queue depth are read from the batcher when scraped.
+        self._admitted.inc()
 
     def request_dropped(self, reason: DropReason) -> None:
         self._dropped[reason].inc()

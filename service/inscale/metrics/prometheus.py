@@ -94,9 +94,17 @@ class Metrics:
         labels = MODEL_LABELS
         self.requests = counter(
             "inscale_requests",
-            "Requests for a model, by outcome: success, rejected (queue full), timeout, "
-            "bad_input, model_error, cancelled.",
+            "Requests for a model, by outcome: success, rejected (queue full), overloaded "
+            "(admission: estimated to finish after its deadline), preempted (pushed out of a "
+            "full queue by a higher priority), late (dropped before its run, its deadline no "
+            "longer reachable), timeout, bad_input, model_error, cancelled, unavailable.",
             [*labels, "outcome"],
+        )
+        self.admitted = counter(
+            "inscale_admitted_requests",
+            "Requests admitted into a model's queue (a request split into chunks counts once "
+            "per chunk).",
+            labels,
         )
         self.rows = counter(
             "inscale_inference_rows",
@@ -190,6 +198,7 @@ class Metrics:
             found = self._models[(name, version)] = ModelMetrics(
                 (name, str(version)),
                 requests=self.requests,
+                admitted=self.admitted,
                 rows=self.rows,
                 runs=self.runs,
                 duration=self.duration,

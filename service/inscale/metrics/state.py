@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from inscale import __version__
 from inscale.metrics.process import memory_limit_bytes
 from inscale.models.registry import ModelRegistry, ModelState
+from inscale.run_cost import reported_sizes
 
 MODEL_LABELS = ("model", "version")
 
@@ -55,6 +56,14 @@ class StateGauges:
             "Time the last load of a version took (sessions, checks, warm-up).",
             "livemax",
         )
+        self.estimated_run = gauge(
+            "inscale_estimated_run_duration_seconds",
+            "The run time the batcher has learned for a batch size (what admission and the "
+            "adaptive queue delay use): 1, powers of two, and max_batch_size; the slowest "
+            "worker's with several.",
+            "livemax",
+            ("batch_size",),
+        )
         self.size = gauge(
             "inscale_model_size_bytes",
             "Size of a version's files on disk, which its weights occupy once loaded "
@@ -75,6 +84,7 @@ class StateGauges:
             multiprocess_mode="livemax",
         ).labels(__version__).set(1)
         self._seen: set[tuple[str, str]] = set()
+        self._sizes: dict[tuple[str, str], list[str]] = {}  # estimated_run's batch sizes
 
     def sample(self, models: ModelRegistry) -> None:
         seen = set()
@@ -93,6 +103,11 @@ class StateGauges:
                 self.queued.labels(*key).set(load.queued)
                 self.in_flight.labels(*key).set(load.in_flight)
                 self.capacity.labels(*key).set(model.config.batching.max_queue_size)
+                estimates = model.batcher.cost.report(reported_sizes(model.max_rows))
+                for rows, seconds in estimates.items():
+                    self.estimated_run.labels(*key, str(rows)).set(seconds)
+                if estimates:
+                    self._sizes[key] = [str(rows) for rows in estimates]
         for key in self._seen - seen:  # unloaded: zero first, so multiprocess sums drop it
             for gauge in (self.queued, self.capacity, self.in_flight, self.load_seconds, self.size):
                 with contextlib.suppress(KeyError):
@@ -102,4 +117,8 @@ class StateGauges:
                 with contextlib.suppress(KeyError):
                     self.state.labels(*key, state.value).set(0)
                     self.state.remove(*key, state.value)
+            for size in self._sizes.pop(key, []):
+                with contextlib.suppress(KeyError):
+                    self.estimated_run.labels(*key, size).set(0)
+                    self.estimated_run.remove(*key, size)
         self._seen = seen

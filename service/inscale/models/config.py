@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inscale.errors import ConfigError
 
@@ -42,6 +49,44 @@ class BatchingConfig(_Strict):
     max_queue_size: int = Field(
         default=1024, ge=1, le=1_000_000, description="Queued requests before 503."
     )
+    max_request_rows: int = Field(
+        default=4096,
+        ge=1,
+        le=1_000_000,
+        description="Rows one request may carry. A request with more rows than "
+        "max_batch_size is split into chunks of at most max_batch_size rows, batched like "
+        "any others and reassembled in order; past this limit it is refused (400). The body "
+        "limit (--max-body-mb) applies as well.",
+    )
+    admission: bool = Field(
+        default=True,
+        description="Refuse at once (503, Retry-After) a request that the learned run costs "
+        "say cannot finish before its deadline, and drop a queued one whose run could no "
+        "longer end in time. Turn off for a model whose run time depends on its input values "
+        "far more than on its rows, where the estimate cannot be trusted.",
+    )
+    priority_levels: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Priority levels, as Triton's: a request's `priority` parameter 1 is the "
+        "highest, priority_levels the lowest, 0 means default_priority_level. Higher levels "
+        "are batched first, and a full queue pushes out the newest request of the lowest "
+        "level to admit a higher one.",
+    )
+    default_priority_level: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="The level of a request that gives no priority; 0 means the lowest.",
+    )
+    max_starvation_ms: float = Field(
+        default=500,
+        gt=0,
+        le=3_600_000,
+        description="A lower-priority request that has waited this long goes into the next "
+        "batch ahead of higher levels, so low priority still progresses under load.",
+    )
 
     @field_validator("preferred_batch_sizes")
     @classmethod
@@ -49,6 +94,22 @@ class BatchingConfig(_Strict):
         if any(size < 1 for size in sizes):
             raise ValueError("preferred batch sizes must be positive")
         return sorted(set(sizes))
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> "BatchingConfig":
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError(
+                f"default_priority_level {self.default_priority_level} is past priority_levels "
+                f"{self.priority_levels}"
+            )
+        return self
+
+    def level_of(self, priority: int) -> int:
+        """The queue index (0 first) of a request's `priority` parameter (already checked
+        to be within 0..priority_levels)."""
+        if priority == 0:
+            priority = self.default_priority_level or self.priority_levels
+        return priority - 1
 
 
 class PaddingConfig(_Strict):
@@ -97,6 +158,16 @@ class ModelConfig(_Strict):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     timeout_ms: float = Field(
         default=10_000, gt=0, le=3_600_000, description="Default per-request deadline."
+    )
+    latency_slo_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=3_600_000,
+        description="The latency objective (p99, end to end) this model promises. When set, "
+        "a request that cannot finish within it (or its own deadline, if sooner) is refused "
+        "at once with 503 and Retry-After instead of queueing to fail later, and a forming "
+        "batch waits for more rows only while the learned run costs say that pays and still "
+        "ends inside it (max_queue_delay_ms is then not used). Unset: greedy batching.",
     )
     instances: int = Field(
         default=1, ge=1, le=64, description="Sessions running batches in parallel."

@@ -10,21 +10,33 @@ import queue
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from inscale import batch_arrays
 from inscale.batch_arrays import Arrays, PadRule
-from inscale.batch_events import Load, Ran, StepTimes
+from inscale.batch_events import DropReason, Load, Ran, StepTimes
 from inscale.batcher import Batcher, BatchPolicy
 from inscale.events import Fanout, ModelEvents
 from inscale.models.config import ModelConfig
 from inscale.models.session import OrtSession
+from inscale.run_cost import reported_sizes
 from inscale.signature import Signature, sample_inputs
 from inscale.statistics import Snapshot, VersionStatistics
 from inscale.validation import InputRules
 
 log = logging.getLogger(__name__)
+
+# How a request can be refused or dropped for lack of capacity or time (not bad input,
+# not the client leaving): what the admission report counts.
+SHED_REASONS = (
+    DropReason.REJECTED,
+    DropReason.SHED,
+    DropReason.PREEMPTED,
+    DropReason.LATE,
+    DropReason.EXPIRED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +66,13 @@ class ModelVersion:
         self.signature = signature
         self.providers = sessions[0].providers
         self.batching = config.batching.enabled and signature.batchable
-        self.max_rows = config.batching.max_batch_size if signature.batchable else 1
+        batching = config.batching
+        self.max_rows = batching.max_batch_size if signature.batchable else 1  # per run
+        # Per request: the data plane splits one with more rows than a run takes.
+        self.max_request_rows = batching.max_request_rows if signature.batchable else 1
         self.timeout_s = config.timeout_ms / 1000
         self.rules = InputRules(
-            signature, signature.batchable, self.max_rows, {r.input: r.axis for r in pads}
+            signature, signature.batchable, self.max_request_rows, {r.input: r.axis for r in pads}
         )
         self._pads = pads
         self._sessions: queue.SimpleQueue[OrtSession] = queue.SimpleQueue()
@@ -72,11 +87,17 @@ class ModelVersion:
             self._run_batch,
             BatchPolicy(
                 max_batch_size=self.max_rows,
-                max_queue_delay_s=config.batching.max_queue_delay_ms / 1000,
-                preferred_batch_sizes=tuple(config.batching.preferred_batch_sizes),
-                max_queue_size=config.batching.max_queue_size,
+                max_queue_delay_s=batching.max_queue_delay_ms / 1000,
+                preferred_batch_sizes=tuple(batching.preferred_batch_sizes),
+                max_queue_size=batching.max_queue_size,
                 instances=config.instances,
                 batching=self.batching,
+                latency_slo_s=None
+                if config.latency_slo_ms is None
+                else config.latency_slo_ms / 1000,
+                priority_levels=batching.priority_levels,
+                max_starvation_s=batching.max_starvation_ms / 1000,
+                admission=batching.admission,
             ),
             self.events,
             name=f"{name}:{version}",
@@ -126,19 +147,43 @@ class ModelVersion:
     def statistics(self) -> Snapshot:
         return self._statistics.snapshot()
 
+    def admission_report(self) -> dict[str, Any]:
+        """What admission works from and what it decided, for `GET /models/{name}` and the
+        V2 statistics: the objective, the learned run time per batch size, and the
+        requests admitted and refused or dropped by reason."""
+        stats = self._statistics.snapshot()
+        estimates = self.batcher.cost.report(reported_sizes(self.max_rows))
+        return {
+            "latency_slo_ms": self.config.latency_slo_ms,
+            "priority_levels": self.config.batching.priority_levels,
+            "estimated_run_ms": {str(rows): s * 1000 for rows, s in estimates.items()},
+            "admitted": stats.submitted,
+            "shed": {reason.value: stats.dropped[reason] for reason in SHED_REASONS},
+        }
+
     def warm_up(self) -> None:
-        """Run each preferred batch size (and one row) on every session before serving."""
+        """Run one row, each preferred batch size and a full batch on every session before
+        serving; the times seed the batcher's run cost, so admission has an estimate from
+        the first request."""
         if any(spec.datatype.name == "BF16" for spec in self.signature.inputs):
             # numpy has no bfloat16, so no sample can be made; the first request warms up.
             log.warning("model %s: BF16 inputs, warm-up skipped", self.name)
             return
-        sizes = sorted({1, *self.config.batching.preferred_batch_sizes}) if self.batching else [1]
+        sizes = [1]
+        if self.batching:
+            sizes = sorted({1, *self.config.batching.preferred_batch_sizes, self.max_rows})
         rng = np.random.default_rng(0)
         sessions = [self._sessions.get() for _ in range(self.config.instances)]
+        cost = self.batcher.cost
         try:
             for session in sessions:
                 for rows in sizes:
-                    session.run(sample_inputs(self.signature, min(rows, self.max_rows), rng))
+                    rows = min(rows, self.max_rows)
+                    feeds = sample_inputs(self.signature, rows, rng)
+                    for _ in range(2):  # the first run of a size allocates: time the second
+                        started = time.perf_counter()
+                        session.run(feeds)
+                    cost.observe(self.key(feeds), rows, time.perf_counter() - started)
         finally:
             for session in sessions:
                 self._sessions.put(session)

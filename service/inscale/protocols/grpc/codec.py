@@ -52,7 +52,7 @@ class GrpcInferRequest:
     arrays: Arrays
     outputs: tuple[str, ...]  # what to answer, in this order
     timeout_s: float | None  # the `timeout` parameter; None: the model's own limit
-    priority: int  # accepted and checked, not honoured: the batcher is FIFO
+    priority: int  # 0: the model's default level; 1 is the highest
 
 
 def decode_request(request: Any, rules: InputRules) -> GrpcInferRequest:

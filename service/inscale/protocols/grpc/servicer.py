@@ -138,7 +138,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 names = [request.name]
             if not request.name or not request.version:
                 models = [e.model for n in names for e in registry.entries(n) if e.model]
-            document = {"model_stats": [stats.model_stats(m) for m in models]}
+            document = {"model_stats": [stats.model_stats(m, admission=False) for m in models]}
             return json_format.ParseDict(document, pb.ModelStatisticsResponse())
 
         return await self._calls.serve("ModelStatistics", context, handle)
@@ -183,7 +183,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         if remaining is not None:
             timeout_s = remaining if timeout_s is None else min(timeout_s, remaining)
         results = await self._plane.infer(
-            model, parsed.arrays, started=started, timeout_s=timeout_s
+            model, parsed.arrays, started=started, timeout_s=timeout_s, priority=parsed.priority
         )
         return codec.encode_response(model.name, model.version, parsed, results, model.signature)
 

@@ -1,6 +1,6 @@
 """The simple `/predict` format, decoded to numpy arrays and encoded back.
 
-Request:  {"model"?: str, "version"?: int, "timeout_ms"?: number,
+Request:  {"model"?: str, "version"?: int, "timeout_ms"?: number, "priority"?: int,
            "inputs": array | {input_name: array}}
 Response: {"model": str, "version": int, "outputs": {output_name: array}}
 
@@ -15,7 +15,7 @@ from inscale.errors import InvalidInput
 from inscale.protocols.json_values import dumps, parse_object, to_array
 from inscale.validation import InputRules, input_spec
 
-_FIELDS = frozenset({"model", "version", "timeout_ms", "inputs"})
+_FIELDS = frozenset({"model", "version", "timeout_ms", "priority", "inputs"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class PredictRequest:
     model: str | None
     version: int | None
     timeout_s: float | None
+    priority: int  # 0: the model's default level; 1 is the highest
     inputs: Any  # the raw JSON value, converted once the model (so the dtypes) is known
 
 
@@ -40,6 +41,7 @@ def parse_request(body: bytes) -> PredictRequest:
         model=model,
         version=_version(document.get("version")),
         timeout_s=_timeout(document.get("timeout_ms")),
+        priority=_priority(document.get("priority", 0)),
         inputs=document["inputs"],
     )
 
@@ -56,6 +58,12 @@ def _version(value: object) -> int | None:
     if int(value) < 1:
         raise InvalidInput('"version" must be a positive integer')
     return int(value)
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput('"priority" must be a non-negative integer (0: the default level)')
+    return value
 
 
 def _timeout(value: object) -> float | None:

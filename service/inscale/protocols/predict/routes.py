@@ -42,7 +42,13 @@ async def predict(request: Request) -> Response:
     model = plane.model(parsed.model, parsed.version)
     arrays = plane.decode(model, lambda rules: codec.to_arrays(parsed.inputs, rules))
     outputs = await infer_while_connected(
-        request, plane, model, arrays, started=started, timeout_s=parsed.timeout_s
+        request,
+        plane,
+        model,
+        arrays,
+        started=started,
+        timeout_s=parsed.timeout_s,
+        priority=parsed.priority,
     )
     return Response(
         codec.encode_response(model.name, model.version, outputs), media_type="application/json"

@@ -44,7 +44,7 @@ class InferRequest:
     arrays: Arrays
     outputs: tuple[RequestedOutput, ...]  # what to answer, in this order
     timeout_s: float | None  # the `timeout` parameter; None: the model's own limit
-    priority: int  # accepted and checked, not honoured: the batcher is FIFO
+    priority: int  # 0: the model's default level; 1 is the highest
 
 
 def parse_header_length(value: str | None) -> int | None:

@@ -147,7 +147,13 @@ async def infer(request: Request) -> Response:
     header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
     parsed = plane.decode(model, lambda rules: codec.decode_request(body, header_length, rules))
     results = await infer_while_connected(
-        request, plane, model, parsed.arrays, started=started, timeout_s=parsed.timeout_s
+        request,
+        plane,
+        model,
+        parsed.arrays,
+        started=started,
+        timeout_s=parsed.timeout_s,
+        priority=parsed.priority,
     )
     content, json_length = codec.encode_response(
         model.name, model.version, parsed, results, model.signature

@@ -10,7 +10,10 @@ measurement window when `statistics` is advertised). Where the figures come from
   times of the batch it ran in; `batch_stats` has the same per batch size, once per run;
 - `inference_count` counts rows and `execution_count` model runs, so their ratio is the mean
   batch size; `last_inference` is when the last run finished, in ms since the epoch;
-- `cache_hit`, `cache_miss`: always zero, there is no response cache.
+- `cache_hit`, `cache_miss`: always zero, there is no response cache;
+- `admission` is inscale's own (clients that do not know it ignore it): the latency
+  objective, the learned run time per batch size, requests admitted, and requests refused
+  or dropped by reason. gRPC's statistics message has no place for it.
 """
 
 from typing import Any
@@ -31,10 +34,12 @@ def _steps(times: StepTotals) -> dict[str, dict[str, int]]:
     }
 
 
-def model_stats(model: ModelVersion) -> dict[str, Any]:
+def model_stats(model: ModelVersion, *, admission: bool = True) -> dict[str, Any]:
+    """One model version's entry; `admission=False` leaves out inscale's own field (the gRPC
+    message has none)."""
     stats = model.statistics()
     sizes = sorted(stats.per_batch_size.items())
-    return {
+    entry = {
         "name": model.name,
         "version": str(model.version),
         "last_inference": int(stats.last_run_unix * 1000),
@@ -50,3 +55,6 @@ def model_stats(model: ModelVersion) -> dict[str, Any]:
         },
         "batch_stats": [{"batch_size": size, **_steps(times)} for size, times in sizes],
     }
+    if admission:
+        entry["admission"] = model.admission_report()
+    return entry
