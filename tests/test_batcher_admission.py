@@ -168,7 +168,7 @@ async def test_a_full_queue_pushes_out_the_newest_lower_priority_request() -> No
     with pytest.raises(QueueFullError, match="queue is full"):  # nothing lower to push out
         await batcher.submit(4, level=1)
     run.release.set()
-    assert await asyncio.gather(running, older, high) == [0, 10, 30]
+    assert list(await asyncio.gather(running, older, high)) == [0, 10, 30]
     await batcher.close()
 
 
