@@ -23,7 +23,7 @@ from inscale.batcher import (
     OverloadedError,
     QueueFullError,
 )
-from tests.test_batcher import Events, Recorder, wait_until_started
+from test_batcher import Events, Recorder, wait_until_started
 
 
 def policy(**overrides: object) -> BatchPolicy:

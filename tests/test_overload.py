@@ -3,6 +3,7 @@ reassembled, admission refusing at once what cannot finish in time (HTTP 503 wit
 Retry-After, gRPC UNAVAILABLE), priorities checked against the model's levels, and what
 admission learned and decided, visible in `/models`, the V2 statistics and Prometheus."""
 
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,8 @@ def test_a_request_that_cannot_finish_in_time_is_refused_at_once(server: GrpcSer
         assert refused.headers["retry-after"] == "3"
         message = refused.json()["error"]
         assert message.startswith("model 'slow' is overloaded: the request would finish in about")
-        assert "after its deadline in 150.0 ms" in message
+        # The deadline runs from the request's arrival: a little of it is gone at admission.
+        assert re.search(r"after its deadline in 1[34]\d\.\d ms$", message), message
         v2 = httpx.post(
             f"{url}/v2/models/slow/infer",
             json={

@@ -102,7 +102,11 @@ class DataPlane:
             events.request_refused()
             raise
         timeout = model.timeout_s if timeout_s is None else min(timeout_s, model.timeout_s)
-        deadline = asyncio.get_running_loop().time() + timeout
+        slo_ms = model.config.latency_slo_ms
+        # Counted from the request's arrival, not from now: under load, reading and decoding
+        # take a share of the time the deadline and the objective allow.
+        arrived = asyncio.get_running_loop().time() - (time.perf_counter() - started)
+        deadline = arrived + (timeout if slo_ms is None else min(timeout, slo_ms / 1000))
         key = model.key(arrays)
         succeeded = False
         try:
