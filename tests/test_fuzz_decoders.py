@@ -24,7 +24,6 @@ from inscale.errors import InscaleError, InvalidInput, PayloadTooLarge, Unsuppor
 from inscale.protocols import json_values, raw_tensors
 from inscale.protocols.predict import codec as predict_codec
 from inscale.protocols.v2 import codec as v2_codec
-from inscale.signature import Signature, TensorSpec
 from inscale.validation import InputRules, count_rows
 from support.fuzz_inputs import (
     NASTY_LENGTHS,
@@ -34,7 +33,7 @@ from support.fuzz_inputs import (
     v2_requests,
 )
 from support.fuzz_inputs import json_values as any_json
-from support.fuzz_models import MIXED, SCALE, Port
+from support.fuzz_models import MIXED, SCALE, Port, rules_for
 from support.fuzz_settings import fuzzed
 
 # Memory a decoder may use beyond a multiple of the body: parsed JSON is Python objects (about
@@ -42,19 +41,6 @@ from support.fuzz_settings import fuzzed
 # allocates for a declared shape (a billion rows of 64) blows far past it.
 BODY_FACTOR = 40
 SLACK = 1 << 20
-
-
-def rules_for(ports: tuple[Port, ...]) -> InputRules:
-    """The input rules of a fuzz model, as the data plane hands them to a decoder."""
-
-    def spec(name: str, datatype: str, dims: tuple[int, ...]) -> TensorSpec:
-        return TensorSpec(name, BY_NAME[datatype], (None, *dims), (None,) * (len(dims) + 1))
-
-    signature = Signature(
-        tuple(spec(p.name, p.datatype, p.dims) for p in ports),
-        tuple(spec(p.output, p.datatype, p.dims) for p in ports),
-    )
-    return InputRules(signature, True, 32, {})
 
 
 MIXED_RULES = rules_for(MIXED)

@@ -14,6 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from inscale.datatypes import BY_NAME
+from inscale.signature import Signature, TensorSpec
+from inscale.validation import InputRules
 from support.onnx_models import add_model
 
 
@@ -112,3 +115,16 @@ class Reference:
         session = self._sessions[model]
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, arrays), strict=True))
+
+
+def rules_for(ports: tuple[Port, ...], max_rows: int = 32) -> InputRules:
+    """A fuzz model's input rules, as the data plane hands them to a decoder."""
+
+    def spec(name: str, datatype: str, dims: tuple[int, ...]) -> TensorSpec:
+        return TensorSpec(name, BY_NAME[datatype], (None, *dims), (None,) * (len(dims) + 1))
+
+    signature = Signature(
+        tuple(spec(p.name, p.datatype, p.dims) for p in ports),
+        tuple(spec(p.output, p.datatype, p.dims) for p in ports),
+    )
+    return InputRules(signature, True, max_rows, {})

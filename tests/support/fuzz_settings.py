@@ -38,6 +38,7 @@ def fuzzed(examples: int) -> Callable[[F], F]:
                 HealthCheck.too_slow,
                 HealthCheck.data_too_large,
                 HealthCheck.function_scoped_fixture,
+                HealthCheck.filter_too_much,  # schemathesis negative mode filters a lot
             ],
         )
         run = seed(FUZZ_SEED)(bounded(test))
