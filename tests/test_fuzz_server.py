@@ -253,11 +253,6 @@ def test_the_server_is_still_healthy_and_its_memory_bounded_after_the_fuzzing(
     assert served.process.proc is not None and served.process.proc.poll() is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/repository.py parse_version (lead's): int() of a 5,000-digit version raises "
-    "ValueError past Python's digit limit, answered 500",
-)
 @pytest.mark.parametrize("route", ["ready", "config", "stats"])
 def test_a_version_of_5000_digits_in_the_path_is_a_400(served: Served, route: str) -> None:
     response = served.client.get(f"/v2/models/scale/versions/{'9' * 5000}/{route}")

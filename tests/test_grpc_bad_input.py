@@ -325,6 +325,12 @@ CASES: list[tuple[str, Any, grpc.StatusCode, str]] = [
         'the "priority" parameter must be a non-negative integer, got true',
     ),
     (
+        "rank past 64",
+        infer("identity", x([1] * 70), raw=[FLOATS_1x4]),
+        INVALID,
+        "input 'x': shape has 70 dims; at most 64 are supported",
+    ),
+    (
         "too many rows",
         infer("bulk", x([9, 4]), raw=[FLOATS_1x4 * 9]),
         INVALID,

@@ -54,8 +54,10 @@ def parse_version(text: str | None) -> int | None:
     """A version as a request names it (a numbered folder); empty: the newest ready one."""
     if text is None or text == "":
         return None
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise InvalidInput(f"model version '{text}' is not a positive integer")
+    # At most 20 digits: int() refuses strings past Python's digit limit (4,300) with a
+    # ValueError, and no folder is numbered past 2**64 anyway.
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or int(text) < 1:
+        raise InvalidInput(f"model version {quoted(text)} is not a positive integer")
     return int(text)
 
 

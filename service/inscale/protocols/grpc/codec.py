@@ -129,6 +129,7 @@ def _shape(tensor: Any) -> list[int]:
         raise InvalidInput(
             f"input '{tensor.name}': \"shape\" must be an array of non-negative integers"
         )
+    raw_tensors.check_shape(tensor.name, shape)  # no rank past 64, no size numpy cannot make
     return shape
 
 
