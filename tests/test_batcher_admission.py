@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
+from test_batcher import Events, Recorder, wait_until_started
 
 from inscale.batch_events import DropReason, Ran
 from inscale.batcher import (
@@ -23,7 +24,6 @@ from inscale.batcher import (
     OverloadedError,
     QueueFullError,
 )
-from test_batcher import Events, Recorder, wait_until_started
 
 
 def policy(**overrides: object) -> BatchPolicy:

@@ -105,7 +105,9 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
     (repo / "overloaded" / "1").mkdir(parents=True)
     (repo / "overloaded" / "1" / "model.onnx").symlink_to(WIDE)
     (repo / "overloaded" / "config.yaml").write_text(
-        "batching: {max_batch_size: 1, max_queue_size: 2}\ntimeout_ms: 1\nwarmup: false\n"
+        # No admission: these runs are about a full queue and requests timing out in it.
+        "batching: {max_batch_size: 1, max_queue_size: 2, admission: false}\n"
+        "timeout_ms: 1\nwarmup: false\n"
         "runtime: {intra_op_threads: 1}\n"
     )
     add_model(repo, "liar", liar())

@@ -133,8 +133,8 @@ class DataPlane:
             ) from exc
         except LateError as exc:
             raise DeadlineExceeded(
-                f"model '{model.name}': dropped before its run, which could no longer end "
-                f"within {_deadline_text(model, timeout)}"
+                f"model '{model.name}': request timed out: dropped before its run, which could "
+                f"no longer end within {_deadline_text(model, timeout)}"
             ) from exc
         except DeadlineError as exc:
             raise DeadlineExceeded(

@@ -213,7 +213,9 @@ def _data(draw: st.DrawFn, draft: V2Draft) -> None:
 
 def _binary_size(draw: st.DrawFn, draft: V2Draft) -> None:
     item = _some_input(draw, draft)
-    size = item.get("parameters", {}).get("binary_data_size", 0)
+    declared = item.get("parameters", {}).get("binary_data_size", 0)
+    # An earlier mutation may have made the parameter anything (null, a string): start from 0.
+    size = declared if isinstance(declared, int) and not isinstance(declared, bool) else 0
     value = draw(
         st.one_of(
             st.sampled_from([size + 1, size - 1, 0, 2**40, 2**64 - 1, -1]),
