@@ -73,6 +73,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+class GeneratorStuck(RuntimeError):
+    pass
+
+
 def open_loop(url: str, body: Path, rate: float, args: argparse.Namespace, burst: bool) -> Row:
     cmd = [*pinned(None if args.no_pin else [args.client_cpu]), sys.executable, "-m"]
     cmd += ["loadtests.harness.open_loop", "--url", url, "--body", str(body)]
@@ -80,9 +84,14 @@ def open_loop(url: str, body: Path, rate: float, args: argparse.Namespace, burst
     cmd += ["--slo-ms", f"{args.slo_ms:g}", "--max-connections", str(args.max_connections)]
     if burst:
         cmd += ["--burst-factor", "10", "--burst-s", "0.25", "--period-s", "2"]
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=args.duration_s + 90, cwd=ROOT
-    )
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=args.duration_s + 90, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired as exc:
+        # The generator could not even hand its requests over (the server stopped reading):
+        # a result in itself, not a reason to lose the rest of the table.
+        raise GeneratorStuck(f"the generator did not finish within {exc.timeout:g} s") from exc
     if done.returncode != 0:
         raise RuntimeError(f"open-loop generator failed:\n{done.stderr[-2000:]}")
     result: Row = json.loads(done.stdout)
@@ -119,6 +128,9 @@ def table(rows: list[Row]) -> str:
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
+        if "stuck" in r:
+            lines.append(f"| {r['server']} | {r['load']} | {r['stuck']} |")
+            continue
         shed = r["shed_fraction"]
         lines.append(
             f"| {r['server']} | {r['load']} | {r['offered_per_s']:.0f} | {r['sent_per_s']:.0f} "
@@ -166,7 +178,12 @@ def main() -> None:
             plan.append(("burst 0.5x+10x", 0.5 * capacity, True))
             for label, rate, burst in plan:
                 for model in ("admission", "queueing"):  # interleaved: same minute, same noise
-                    row = measure(server, model, bodies[model], rate, args, burst)
+                    try:
+                        row = measure(server, model, bodies[model], rate, args, burst)
+                    except GeneratorStuck as exc:
+                        print(f"| {model} | {label} | {exc} |", flush=True)
+                        rows.append({"server": model, "load": label, "stuck": str(exc)})
+                        continue
                     row["load"] = label
                     rows.append(row)
                     print(table([row]).splitlines()[-1], flush=True)
