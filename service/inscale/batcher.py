@@ -11,9 +11,10 @@ order:
    runs it at once, so a lone request is never held back by `max_queue_delay`), or
    `max_queue_delay` has passed since it was queued;
 3. with a latency objective (`latency_slo_s`): waiting is not worth it. It is only while
-   requests arrive faster than a run of the rows waiting takes, a fuller batch is clearly
-   cheaper per row, and even a full batch started later still ends within `WAIT_SHARE` of
-   the objective; all of it is decided again at every arrival (see `_wait_until`).
+   the instances have been nearly always busy (throughput is what is short), more than a row
+   is due during a run of the rows waiting, a fuller batch is clearly cheaper per row, and
+   even a full batch started later still ends within `WAIT_SHARE` of the objective; all of
+   it is decided again at every arrival (see `_wait_until`).
 
 Otherwise it waits for the next arrival or the time the rule names. Under load the instances
 are busy, requests pile up meanwhile, and the next idle instance takes them all: batch size
@@ -25,7 +26,8 @@ progresses under sustained high-priority load. A batch takes rows by level, then
 
 Admission (Clockwork's rule: never queue work that cannot finish in time): a request whose
 estimated finish (the rows queued ahead of it at its level or above, run in full batches on
-the instances, after the soonest running batch ends) is past its deadline is refused at once
+the instances, after the soonest running batch ends, each run delayed by the event loop's recent lag in getting to
+it) is past its deadline is refused at once
 with `OverloadedError`, and a queued request whose deadline a run can no longer meet is
 dropped before it runs. The cost of a run per batch size is learned online (`RunCost`); before
 the first run there is no estimate and everything is admitted. The deadline is the caller's,
@@ -70,6 +72,13 @@ MIN_GAIN = 0.2
 # The arrival rate the wait rule uses forgets with this time constant: a burst is forgotten
 # within a few tenths of a second, so a lone client after it is not held back.
 RATE_WINDOW_S = 0.02
+# Weight of a new sample in the mean dispatch lag (see `_lag`).
+LAG_ALPHA = 0.2
+# With a latency objective, a batch waits for rows only while the instances have been busy
+# this share of the recent past (time constant BUSY_WINDOW_S): below it greedy batching keeps
+# up and waiting would cost latency for no throughput.
+BUSY_TO_WAIT = 0.8
+BUSY_WINDOW_S = 0.05
 
 
 class BatcherError(Exception):
@@ -169,6 +178,13 @@ class Batcher(Generic[T, R]):
         self._running_batches = 0
         self._running_requests = 0
         self._running_ends: list[float] = []  # estimated end of each running batch
+        # How late the event loop gets to the next batch when one ends with work queued:
+        # under load it is busy reading and answering requests, so queued work drains slower
+        # than the runs alone say. A mean of recent lags, 0 while nothing waits.
+        self._lag = 0.0
+        self._backlog_since: float | None = None  # a slot freed with requests queued
+        self._busy = 0.0  # instances busy, decayed to `_busy_at` (only with an SLO)
+        self._busy_at = 0.0
         self._rate = 0.0  # arrivals in rows/s, decayed to `_rate_at` (only with an SLO)
         self._rate_at = 0.0
         self._arrivals = (
@@ -293,7 +309,8 @@ class Batcher(Generic[T, R]):
     def estimate_finish(self, now: float, rows: int, key: Hashable, level: int = 0) -> float | None:
         """Seconds from `now` until a request of `rows` rows submitted now would finish, or
         None while nothing has run yet. Rows queued at its level or above go first, in full
-        batches shared over the instances, after the soonest running batch ends."""
+        batches shared over the instances, after the soonest running batch ends; each run,
+        and the answer, also waits the event loop's recent dispatch lag."""
         policy = self.policy
         ahead = rows + (
             self._queued_rows
@@ -313,10 +330,11 @@ class Batcher(Generic[T, R]):
             if per_rest is None:
                 return None
             work += per_rest
+        work += (full + (1 if rest else 0)) * self._lag
         wait = 0.0
         if self._running_batches >= policy.instances and self._running_ends:
             wait = max(0.0, min(self._running_ends) - now)
-        return wait + work / policy.instances
+        return wait + work / policy.instances + self._lag
 
     def _admit(self, now: float, rows: int, key: Hashable, level: int, due: float) -> None:
         estimate = self.estimate_finish(now, rows, key, level)
@@ -356,6 +374,15 @@ class Batcher(Generic[T, R]):
         decayed = self._rate * math.exp((self._rate_at - now) / RATE_WINDOW_S)
         return max(0.0, decayed - 1 / RATE_WINDOW_S)
 
+    def _count_busy(self, now: float, seconds: float) -> None:
+        decay = math.exp((self._busy_at - now) / BUSY_WINDOW_S)
+        self._busy = self._busy * decay + seconds / BUSY_WINDOW_S
+        self._busy_at = now
+
+    def _utilization(self, now: float) -> float:
+        """Instances busy on average over the recent past (runs as they end)."""
+        return self._busy * math.exp((self._busy_at - now) / BUSY_WINDOW_S)
+
     def _expire(self, item: _Pending[T, R]) -> None:
         if item.state is _State.QUEUED:
             self._drop(item, DropReason.EXPIRED, DeadlineError("deadline passed while queued"))
@@ -387,14 +414,19 @@ class Batcher(Generic[T, R]):
 
     async def _batch_loop(self) -> None:
         assert self._slots is not None
+        loop = asyncio.get_running_loop()
         while True:
             await self._slots.acquire()  # an instance is idle
+            freed = self._backlog_since
+            self._backlog_since = None
+            lag = 0.0 if freed is None else loop.time() - freed
+            self._lag += LAG_ALPHA * (lag - self._lag)
             try:
                 items = await self._next_batch()
             except BaseException:
                 self._slots.release()
                 raise
-            task = asyncio.get_running_loop().create_task(self._execute(items))
+            task = loop.create_task(self._execute(items))
             self._running_tasks.add(task)
             task.add_done_callback(self._running_tasks.discard)
 
@@ -416,9 +448,15 @@ class Batcher(Generic[T, R]):
             self._wakeup.clear()
             timer = loop.call_at(plan.wake_at, self._wakeup.set) if plan.items else None
             arrivals = self._arrivals
+            waiting_since = loop.time()
             await self._wakeup.wait()
             if timer is not None:
                 timer.cancel()
+                if self.policy.latency_slo_s is not None:
+                    # The instance was held for a forming batch, not idle for want of work:
+                    # counted as busy, or waiting would talk itself out of waiting.
+                    now = loop.time()
+                    self._count_busy(now, now - waiting_since)
             # A wait for rows that did not come is not repeated: the rows expected were the
             # arrival rate's guess, and the callers queued may be all there are.
             patient = self._arrivals != arrivals
@@ -499,8 +537,9 @@ class Batcher(Generic[T, R]):
     ) -> float | None:
         """With a latency objective: until when to wait for more rows, or None to run now.
 
-        Waiting pays only when arrivals outpace runs of the rows waiting (otherwise the
-        instance would sit idle while a lone client waits on us), the rows expected meanwhile
+        Waiting pays only when the instances are nearly always busy (otherwise throughput is
+        not short and a wait only adds latency), more than a row is due during a run of the
+        rows waiting (otherwise a lone client would wait on us), the rows expected meanwhile
         make a run clearly cheaper per row, and a full batch started after the wait still
         ends within `WAIT_SHARE` of the objective (and before the head's deadline). Each wait
         lasts until about two arrivals are due; one that sees none ends the waiting.
@@ -509,8 +548,10 @@ class Batcher(Generic[T, R]):
         assert policy.latency_slo_s is not None
         if cost_now is None:
             return None
+        if self._utilization(now) < BUSY_TO_WAIT * policy.instances:
+            return None  # throughput is not what is short: a wait would only add latency
         rate = self._arrival_rate(now)
-        if rate * cost_now < 1:
+        if rate * cost_now < 1:  # not even one more row is due during a run of these
             return None
         cost = self.cost
         cost_full = cost.estimate(head.key, policy.max_batch_size)
@@ -601,10 +642,15 @@ class Batcher(Generic[T, R]):
                 if not item.future.done():  # the caller may have gone away meanwhile
                     item.future.set_result(result)
         finally:
-            compute_seconds = loop.time() - started
+            ended = loop.time()
+            compute_seconds = ended - started
+            if self.policy.latency_slo_s is not None:
+                self._count_busy(ended, compute_seconds)
             self._running_ends.remove(end)
             self._running_batches -= 1
             self._running_requests -= len(items)
+            if self._queued:
+                self._backlog_since = loop.time()
             self._slots.release()
             self._check_idle()
         if not failed:
