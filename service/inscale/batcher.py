@@ -26,8 +26,8 @@ progresses under sustained high-priority load. A batch takes rows by level, then
 
 Admission (Clockwork's rule: never queue work that cannot finish in time): a request whose
 estimated finish (the rows queued ahead of it at its level or above, run in full batches on
-the instances, after the soonest running batch ends, each run delayed by the event loop's recent lag in getting to
-it) is past its deadline is refused at once
+the instances, after the soonest running batch ends, each run delayed by the event loop's
+recent lag in getting to it) is past its deadline is refused at once
 with `OverloadedError`, and a queued request whose deadline a run can no longer meet is
 dropped before it runs. The cost of a run per batch size is learned online (`RunCost`); before
 the first run there is no estimate and everything is admitted. The deadline is the caller's,
