@@ -155,11 +155,6 @@ def test_control_routes_refuse_without_the_token_and_run_with_it(api: Api) -> No
     assert allowed.status_code == 404, allowed.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the routes (lead's files) document only their 200: see the fuzzing report for "
-    "the statuses and content types each should declare",
-)
 def test_the_schema_documents_every_status_and_content_type_the_routes_answer(api: Api) -> None:
     checks = [status_code_conformance, content_type_conformance]
     for operation in operations(api):

@@ -14,6 +14,7 @@ id to find the cause in the logs.
 
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -87,10 +88,39 @@ def response_for(request: Request, exc: Exception, table: ErrorTable) -> Respons
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
+ERROR_BODY = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
+# What any route may answer besides its table's statuses: bad parameters (400), the connection
+# layer's read timeout (408) and caps (503), a failure of the server itself (500).
+_ANY_ROUTE = (400, 408, 500, 503)
+
+
+def documented_errors(table: ErrorTable) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route with `table` can give, for its OpenAPI entry: the one
+    table that picks a status also documents it, so the schema cannot fall behind."""
+    statuses = sorted({*table.values(), *_ANY_ROUTE})
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": ERROR_BODY}},
+        }
+        for status in statuses
+    }
+
+
 def error_route_class(table: ErrorTable) -> type[APIRoute]:
-    """A FastAPI route class answering the core's errors with `table` (one per protocol)."""
+    """A FastAPI route class answering the core's errors with `table` (one per protocol),
+    and documenting those answers in the route's OpenAPI entry."""
+    errors = documented_errors(table)
 
     class ProtocolRoute(APIRoute):
+        def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+            kwargs["responses"] = {**errors, **(kwargs.get("responses") or {})}
+            super().__init__(path, endpoint, **kwargs)
+
         def get_route_handler(self) -> Handler:
             handler = super().get_route_handler()
 

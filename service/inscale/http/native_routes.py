@@ -114,6 +114,15 @@ def native_router(metrics: Metrics | None, registry: ModelRegistry) -> APIRouter
             return Response(metrics.render(registry), media_type=TEXT_FORMAT)
 
         router.add_api_route(
-            "/metrics", scrape, methods=["GET"], summary="Prometheus metrics (text format)"
+            "/metrics",
+            scrape,
+            methods=["GET"],
+            summary="Prometheus metrics (text format)",
+            responses={
+                200: {
+                    "description": "The exposition, Prometheus text format 0.0.4",
+                    "content": {TEXT_FORMAT.split(";")[0]: {"schema": {"type": "string"}}},
+                }
+            },
         )
     return router
