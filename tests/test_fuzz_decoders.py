@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from inscale.datatypes import BY_NAME
 from inscale.errors import InscaleError, InvalidInput, PayloadTooLarge, Unsupported
+from inscale.http.body import inflate
 from inscale.protocols import json_values, raw_tensors
 from inscale.protocols.predict import codec as predict_codec
 from inscale.protocols.v2 import codec as v2_codec
@@ -278,7 +279,7 @@ def test_compressed_bodies_inflate_to_what_was_sent_within_the_limit(
 ) -> None:
     packed = gzip.compress(body) if "gzip" in encoding.lower() else zlib.compress(body)
     try:
-        inflated = v2_codec.decompress(packed, encoding, LIMIT)
+        inflated = inflate(packed, encoding, LIMIT)
     except PayloadTooLarge as exc:
         assert len(body) > LIMIT, exc.message
         return
@@ -296,7 +297,7 @@ def test_any_bytes_with_any_encoding_are_refused_or_inflate_within_the_limit(
 ) -> None:
     try:
         with AllocationPeak() as used:
-            inflated = v2_codec.decompress(body, encoding, LIMIT)
+            inflated = inflate(body, encoding, LIMIT)
     except InscaleError as exc:
         refused_properly(exc)
         return

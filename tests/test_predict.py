@@ -1,6 +1,8 @@
 """`POST /predict` against a real server: answers equal direct ONNX Runtime, row for row."""
 
+import gzip
 import json
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,3 +147,24 @@ def test_version_can_be_named(server: ServerProcess) -> None:
     )
     assert missing.status_code == 404
     assert missing.json() == {"error": "model 'identity' has no version 9"}
+
+
+def test_compressed_predict_bodies_are_inflated_and_unknown_encodings_are_415(
+    client: httpx.Client,
+) -> None:
+    body = json.dumps({"model": "identity", "inputs": [[1.0, 2.0, 3.0, 4.0]] * 3}).encode()
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        answer = client.post(
+            "/predict",
+            content=packed,
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"]["y"] == [[1.0, 2.0, 3.0, 4.0]] * 3
+    refused = client.post(
+        "/predict",
+        content=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": "br"},
+    )
+    assert refused.status_code == 415
+    assert refused.json() == {"error": "Content-Encoding 'br' is not supported (gzip or deflate)"}

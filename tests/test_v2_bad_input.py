@@ -450,7 +450,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         "unknown content encoding",
         "identity",
         {"content": b"{}", "headers": {"Content-Encoding": "br"}},
-        501,
+        415,
         "Content-Encoding 'br' is not supported (gzip or deflate)",
     ),
     (

@@ -29,6 +29,11 @@ class PayloadTooLarge(InvalidInput):
     """The body, or a tensor it declares, is larger than the configured limit."""
 
 
+class UnsupportedEncoding(InvalidInput):
+    """The body is in an encoding the server does not read (a Content-Encoding but gzip or
+    deflate): HTTP's 415, so a client knows to resend it plain."""
+
+
 class ModelNotFound(InscaleError):
     """No such model or version in the repository."""
 

@@ -12,12 +12,14 @@ from inscale.errors import (
     PermissionDenied,
     QueueFull,
     Unsupported,
+    UnsupportedEncoding,
 )
 from inscale.http.errors import ErrorTable
 
 PREDICT_STATUS: ErrorTable = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
+    UnsupportedEncoding: 415,
     ModelNotFound: 404,
     PermissionDenied: 403,
     ModelNotReady: 503,

@@ -13,7 +13,6 @@ by the data plane, also before anything is queued.
 """
 
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ import orjson
 
 from inscale.batch_arrays import Arrays
 from inscale.datatypes import BY_NAME, DataType, from_name
-from inscale.errors import InvalidInput, PayloadTooLarge, Unsupported, quoted
+from inscale.errors import InvalidInput, Unsupported, quoted
 from inscale.protocols import raw_tensors
 from inscale.protocols.json_values import dumps, parse_object
 from inscale.protocols.v2 import tensors
@@ -56,25 +55,6 @@ def parse_header_length(value: str | None) -> int | None:
     if not (text.isascii() and text.isdigit() and len(text) <= 20):
         raise InvalidInput(f"Inference-Header-Content-Length {quoted(value)} is not a byte count")
     return int(text)
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo `Content-Encoding: gzip|deflate`, never inflating past `limit` bytes."""
-    kind = (encoding or "").strip().lower()
-    if kind in ("", "identity"):
-        return body
-    if kind not in ("gzip", "deflate"):
-        raise Unsupported(f"Content-Encoding '{encoding}' is not supported (gzip or deflate)")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if kind == "gzip" else zlib.MAX_WBITS)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {kind} data: {exc}") from exc
-    if len(inflated) > limit:
-        raise PayloadTooLarge(f"the {kind} body inflates past the limit of {limit} bytes")
-    if not inflater.eof:
-        raise InvalidInput(f"the {kind} body is truncated")
-    return inflated
 
 
 def decode_request(body: bytes, header_length: int | None, rules: InputRules) -> InferRequest:

@@ -16,12 +16,14 @@ from inscale.errors import (
     PermissionDenied,
     QueueFull,
     Unsupported,
+    UnsupportedEncoding,
 )
 from inscale.http.errors import ErrorTable
 
 V2_STATUS: ErrorTable = {
     InvalidInput: 400,
     PayloadTooLarge: 413,
+    UnsupportedEncoding: 415,
     ModelNotFound: 404,
     PermissionDenied: 403,
     ModelNotReady: 503,

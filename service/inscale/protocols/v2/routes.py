@@ -142,7 +142,6 @@ async def infer(request: Request) -> Response:
     plane = ctx.plane
     limit = ctx.settings.max_body_bytes
     body = await read_body(request, limit)
-    body = codec.decompress(body, request.headers.get("content-encoding"), limit)
     model = _model(request)
     header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
     parsed = plane.decode(model, lambda rules: codec.decode_request(body, header_length, rules))
