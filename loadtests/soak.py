@@ -23,9 +23,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import httpx
 from loadtests.harness import machine, memory, wrk
 from loadtests.harness.processes import ROOT, Started
 from loadtests.harness.results import write_results
-from loadtests.harness.server import inscale_server
+from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
 
 SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 Row = dict[str, Any]
@@ -52,33 +52,29 @@ def answered(server: Started, model: str) -> int | None:
 
 
 class Load:
-    """One wrk run in a thread, so the main thread can sample while it goes."""
+    """One wrk run for the whole soak, started here so that it is stopped with the soak
+    (a plain `wrk.run` in a thread would outlive an interrupted soak, hammering a dead port)."""
 
     def __init__(self, url: str, body: Path, args: argparse.Namespace) -> None:
-        self.report: wrk.WrkReport | None = None
-        self.error: BaseException | None = None
         client = None if args.no_pin else [args.client_cpu]
-
-        def run() -> None:
-            try:
-                self.report = wrk.run(
-                    url, body, connections=args.connections, seconds=args.duration_s, cpus=client
-                )
-            except BaseException as exc:  # re-raised in the main thread by result()
-                self.error = exc
-
-        self._thread = threading.Thread(target=run, name="wrk", daemon=True)
-        self._thread.start()
+        self.cmd, env = wrk.command(
+            url, body, connections=args.connections, seconds=args.duration_s, cpus=client
+        )
+        self._proc = subprocess.Popen(
+            self.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._proc.poll() is None
 
     def result(self) -> wrk.WrkReport:
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        assert self.report is not None
-        return self.report
+        stdout, stderr = self._proc.communicate()
+        return wrk.report(self.cmd, self._proc.returncode, stdout, stderr)
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def sample_while(load: Load, server: Started, args: argparse.Namespace) -> list[Row]:
@@ -170,6 +166,12 @@ def parse_args() -> argparse.Namespace:
         default=[],
         help="an extra `inscale serve` flag, e.g. --server-arg=--no-metrics (repeatable)",
     )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        help="serve another checkout's source root (holding inscale/ or the old service/ "
+        "package) instead of this tree's: is a rise in an older version too?",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/soak.json"))
     args = parser.parse_args()
     if args.duration_s < 1 or args.sample_s <= 0 or args.connections < 1:
@@ -203,19 +205,24 @@ def main() -> int:
     # A plain `kill` of the soak must still stop the server: turn it into an exception.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     facts = machine.facts()
+    source = CURRENT if args.src is None else Source.of(args.src)
+    check_source(source)
     row = json.loads(SAMPLE.read_text())["inputs"][0]
     with tempfile.TemporaryDirectory(prefix="inscale-soak-") as tmp:
         body = Path(tmp) / "body.json"
         body.write_text(json.dumps({"model": args.model, "inputs": [row]}))
         cpus = None if args.no_pin else [args.server_cpu]
         log = Path(tmp) / "server.log"
-        with inscale_server(log, cpus=cpus, extra=args.server_arg) as server:
+        with inscale_server(log, cpus=cpus, source=source, extra=args.server_arg) as server:
             idle = memory.read(server.pid)
             print(f"server pid {server.pid}, idle before load: {idle.rss_mb:.1f} MB resident")
             print(HEADER, flush=True)
             load = Load(f"{server.url}/predict", body, args)
-            samples = sample_while(load, server, args)
-            report = load.result()
+            try:
+                samples = sample_while(load, server, args)
+                report = load.result()
+            finally:
+                load.stop()
             after = memory.read(server.pid)
     points = [(s["t_s"], s["rss_kb"] / 1024) for s in samples]
     trend = memory.trend(points, args.from_s)
@@ -237,6 +244,7 @@ def main() -> int:
         args.out,
         facts,
         settings=settings,
+        source={"root": str(source.root), "package": source.package},
         idle_before=idle.as_dict(),
         after_load=after.as_dict(),
         samples=samples,

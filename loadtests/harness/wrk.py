@@ -61,15 +61,27 @@ def run(
     timeout_s: float = 10,
 ) -> WrkReport:
     """`wrk -t1` POSTing `body` to `url` for whole `seconds` (wrk takes no fractions)."""
-    cmd = [*pinned(cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
-    cmd += ["--timeout", f"{timeout_s:g}s", "-s", str(SCRIPT), url]
-    env = {**os.environ, "WRK_BODY_FILE": str(body)}
+    cmd, env = command(url, body, connections=connections, seconds=seconds, cpus=cpus)
+    cmd[cmd.index("--timeout") + 1] = f"{timeout_s:g}s"
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    return report(cmd, done.returncode, done.stdout, done.stderr)
+
+
+def command(
+    url: str, body: Path, *, connections: int, seconds: int, cpus: Sequence[int] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The wrk command line and environment of `run`, for a caller that starts wrk itself
+    (and must stop it, e.g. a long soak interrupted)."""
+    cmd = [*pinned(cpus), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    cmd += ["--timeout", "10s", "-s", str(SCRIPT), url]
+    return cmd, {**os.environ, "WRK_BODY_FILE": str(body)}
+
+
+def report(cmd: Sequence[str], returncode: int, stdout: str, stderr: str) -> WrkReport:
+    """A finished wrk's report; a clear error with its output when it failed."""
     try:
-        if done.returncode != 0:
-            raise ValueError(f"exit {done.returncode}")
-        return parse(done.stdout)
+        if returncode != 0:
+            raise ValueError(f"exit {returncode}")
+        return parse(stdout)
     except ValueError as exc:
-        raise RuntimeError(
-            f"wrk failed ({exc}; {shlex.join(cmd)}):\n{done.stdout}\n{done.stderr}"
-        ) from exc
+        raise RuntimeError(f"wrk failed ({exc}; {shlex.join(cmd)}):\n{stdout}\n{stderr}") from exc
