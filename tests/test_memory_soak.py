@@ -6,10 +6,12 @@ machine the request rate moves by tens of percent from run to run, but the memor
 leaves behind does not, so the gate is the fitted slope of resident memory over the last
 90 s (after 30 s of warm-up), not a drift between two single samples.
 
-Measured on the 2026-12-01 machines (digits-wide, 32 connections, ~4,500 requests/s): with
-the leak this guards against (every batch left a tuple on CPython's free lists, up to ~4 MB)
-the slope over that window was 0.5 to 0.8 MB/min; without it 0.05 to 0.15 MB/min (the last
-of ONNX Runtime's arena and Python's pools warming up). The limit sits between the two.
+Measured on the 2026-12-01 machines (digits-wide, 32 connections), slope from 30 s to 120 s:
+with the leak this guards against (every batch left a tuple on CPython's free lists, up to
+~4 MB) +0.44 MB/min at 1,770 requests/s (sharing the server's core with another soak) and
+0.5 to 0.8 MB/min at ~4,500/s alone, the rise scaling with the batches run; without it +0.01
+to +0.13 MB/min (the last of the allocators warming up), under coverage too. The limit sits
+between the two; it still catches the leak down to about 1,000 requests/s.
 """
 
 import json
@@ -24,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DURATION_S = 120
 FROM_S = 30
-MAX_SLOPE_MB_PER_MIN = 0.3
+MAX_SLOPE_MB_PER_MIN = 0.25
 # Far below a quiet machine's ~4,500/s, far above nothing: proves the load really ran, on a
 # CI machine busy with other work too.
 MIN_REQUESTS_PER_S = 200
