@@ -9,7 +9,7 @@ leaves behind does not, so the gate is the fitted slope of resident memory over 
 Measured on the 2026-12-01 machines (digits-wide, 32 connections), slope from 30 s to 120 s:
 with the leak this guards against (every batch left a tuple on CPython's free lists, up to
 ~4 MB) +0.44 MB/min at 1,770 requests/s (sharing the server's core with another soak) and
-0.5 to 0.8 MB/min at ~4,500/s alone, the rise scaling with the batches run; without it +0.01
+0.55 to 0.9 MB/min at ~4,500/s alone, the rise scaling with the batches run; without it +0.01
 to +0.13 MB/min (the last of the allocators warming up), under coverage too. The limit sits
 between the two; it still catches the leak down to about 1,000 requests/s.
 """
