@@ -17,6 +17,8 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'model=~"$model", instance=~"$instance"'  # the two template variables
+# Outcomes the server answers for (its capacity or the model), as the recording rule counts.
+SERVER_FAILURES = "rejected|overloaded|preempted|late|timeout|model_error"
 INST = 'job="inscale", instance=~"$instance"'
 RATE = "$__rate_interval"
 # gRPC series carry `method` and `code` (no model): the inference methods, and the codes that
@@ -202,7 +204,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel]) -> di
 
 def overview() -> dict[str, Any]:
     failures = 'outcome!="success"'
-    server_failures = 'outcome=~"rejected|timeout|model_error"'
+    server_failures = f'outcome=~"{SERVER_FAILURES}"'
     panels = [
         row("Traffic and failures", 0),
         timeseries(
@@ -226,8 +228,11 @@ def overview() -> dict[str, Any]:
         ),
         timeseries(
             "Failures by reason",
-            "rejected = queue full (503), timeout = deadline passed in the queue (504), "
-            "bad_input = 400, model_error = the model raised (500), cancelled = client left.",
+            "rejected = queue full (503), overloaded = refused at admission, it could not "
+            "finish by its deadline or SLO (503), preempted = pushed out by a higher priority "
+            "(503), late = dropped before its run, timeout = deadline passed in the queue "
+            "(504), bad_input = 400, model_error = the model raised (500), cancelled = client "
+            "left.",
             "reqps",
             [
                 (
@@ -240,8 +245,9 @@ def overview() -> dict[str, Any]:
         ),
         timeseries(
             "Server error ratio",
-            "Share of requests that failed through the server's fault (rejected, timeout, "
-            "model_error); the error-ratio alert fires on the same figure.",
+            "Share of requests that failed through the server's fault or capacity (rejected, "
+            "overloaded, preempted, late, timeout, model_error); the error-ratio alert fires "
+            "on the same figure.",
             "percentunit",
             [
                 (
@@ -441,6 +447,37 @@ def overview() -> dict[str, Any]:
             f'sum by (model, version) (inscale_model_state{{{SEL}, state="READY"}})',
             "{{model}} v{{version}}",
             (16, 52, 8, 5),
+        ),
+        timeseries(
+            "Learned run time by batch size",
+            "What admission and the adaptive queue delay believe a model run costs, per batch "
+            "size (the slowest replica's): a rise means the model or the machine got slower.",
+            "s",
+            [
+                (
+                    f"max by (model, batch_size) (inscale_estimated_run_duration_seconds{{{SEL}}})",
+                    "{{model}} x{{batch_size}}",
+                )
+            ],
+            (0, 57, 12, 8),
+        ),
+        timeseries(
+            "Admitted and shed",
+            "Requests admitted into the queues, and those refused or dropped for lack of "
+            "capacity or time, by reason.",
+            "reqps",
+            [
+                (
+                    f"sum by (model) (rate(inscale_admitted_requests_total{{{SEL}}}[{RATE}]))",
+                    "admitted {{model}}",
+                ),
+                (
+                    f"sum by (outcome) (rate(inscale_requests_total{{{SEL}, "
+                    f'outcome=~"rejected|overloaded|preempted|late|timeout"}}[{RATE}]))',
+                    "{{outcome}}",
+                ),
+            ],
+            (12, 57, 12, 8),
         ),
     ]
     return dashboard(
