@@ -33,6 +33,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GrpcServer]:
     )
     add_model(repo, "slow", busy(), config={**ONE_THREAD, "timeout_ms": 60_000})
     add_model(repo, "ranked", identity(), config={"batching": {"priority_levels": 2}})
+    add_model(
+        repo,
+        "chunked",
+        busy(),
+        config={
+            **ONE_THREAD,
+            "timeout_ms": 60_000,
+            "batching": {"max_batch_size": 4, "admission": False},
+        },
+    )
     add_model(repo, "slo", identity(), config={"latency_slo_ms": 200})
     with running_grpc_server(repo, "--retry-after-s", "3") as grpc_server:
         yield grpc_server
@@ -83,6 +93,56 @@ def test_split_requests_work_through_v2_binary_and_grpc(server: GrpcServer) -> N
     given_grpc = triton_grpc.InferInput("x", list(rows.shape), "FP32")
     given_grpc.set_data_from_numpy(rows)
     np.testing.assert_array_equal(grpc_client.infer("bulk", [given_grpc]).as_numpy("y"), rows)
+
+
+def wait_stats(url: str, name: str, check: Any, timeout_s: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats: dict[str, Any] = model_stats(url, name)["stats"]
+        if check(stats):
+            return stats
+        assert time.monotonic() < deadline, f"stats never matched: {stats}"
+        time.sleep(0.01)
+
+
+def test_a_client_leaving_drops_every_chunk_still_queued(server: GrpcServer) -> None:
+    url = server.url
+    before = wait_stats(url, "chunked", lambda s: s["running"] == 0 and s["queued"] == 0)
+    # 20 rows in runs of 4: the first chunk holds the instance for about a second.
+    body = {
+        "model": "chunked",
+        "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]] * 20, "work": [HOLD_WORK] + [0] * 19},
+    }
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/predict", json=body, timeout=httpx.Timeout(30, read=0.5))
+    after = wait_stats(url, "chunked", lambda s: s["running"] == 0 and s["queued"] == 0)
+    assert after["cancelled"] - before["cancelled"] == 4, "the four queued chunks left"
+    assert after["runs"] - before["runs"] == 1, "only the chunk already running ran"
+
+
+def test_a_refused_chunk_fails_the_whole_request_with_one_error(server: GrpcServer) -> None:
+    url = server.url
+    wait_stats(url, "chunked", lambda s: s["running"] == 0 and s["queued"] == 0)
+    before = model_stats(url, "chunked")["stats"]
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(
+            httpx.post,
+            f"{url}/predict",
+            json=slow_body(HOLD_WORK) | {"model": "chunked"},
+            timeout=60,
+        )
+        wait_stats(url, "chunked", lambda s: s["running"] == 1)
+        # Three chunks queue behind the holder and pass their 100 ms deadline there.
+        body = {"model": "chunked", "inputs": {"x": [[1.0, 2.0, 3.0, 4.0]] * 12, "work": [0] * 12}}
+        answer = httpx.post(f"{url}/predict", json=body | {"timeout_ms": 100}, timeout=60)
+        assert answer.status_code == 504, answer.text
+        assert answer.json() == {
+            "error": "model 'chunked': request timed out after 100 ms in the queue"
+        }
+        assert holder.result().status_code == 200
+    after = wait_stats(url, "chunked", lambda s: s["running"] == 0 and s["queued"] == 0)
+    assert after["timed_out"] - before["timed_out"] == 3, "each queued chunk timed out"
+    assert after["runs"] - before["runs"] == 1, "none of the refused request's chunks ran"
 
 
 def test_past_max_request_rows_is_400_naming_the_limit(server: GrpcServer) -> None:
