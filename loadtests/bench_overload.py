@@ -39,10 +39,13 @@ Row = dict[str, Any]
 
 
 def build(root: Path, slo_ms: float) -> None:
-    """`admission`: digits-wide promising `slo_ms`; `queueing`: the same with no objective."""
+    """`admission`: digits-wide promising `slo_ms`; `queueing`: the same with no objective;
+    `refusing`: an objective no run can meet, so every request is refused (what a refusal
+    costs)."""
     for name, config in (
         ("admission", f"latency_slo_ms: {slo_ms:g}\n"),
         ("queueing", "batching:\n  admission: false\n"),
+        ("refusing", "latency_slo_ms: 0.001\n"),
     ):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "model.onnx").symlink_to(WIDE_ONNX)
@@ -162,7 +165,7 @@ def main() -> None:
         workdir = Path(tmp)
         repo = workdir / "repo"
         build(repo, args.slo_ms)
-        bodies = {m: body_for(m, workdir) for m in ("admission", "queueing")}
+        bodies = {m: body_for(m, workdir) for m in ("admission", "queueing", "refusing")}
         with inscale_server(
             workdir / "server.log", model_repository=repo, cpus=server_cpus
         ) as server:
@@ -173,6 +176,16 @@ def main() -> None:
                 url, bodies["admission"], connections=32, seconds=5, cpus=client
             ).ok_per_s
             print(f"capacity (wrk, 32 connections, closed loop): {capacity:.0f} requests/s")
+            # Clockwork's rule pays when refusing is far cheaper than serving. Here a refusal
+            # still costs reading, parsing and answering the request: how much, in requests/s.
+            refusals = wrk.run(
+                url, bodies["refusing"], connections=32, seconds=5, cpus=client
+            ).requests_per_s
+            print(
+                f"refusals (every request 503): {refusals:.0f} requests/s: a refusal costs "
+                f"{capacity / refusals:.0%} of a served request; the server cannot even read "
+                f"more than {refusals / capacity:.1f}x its capacity"
+            )
             rows: list[Row] = []
             plan = [(f"{x:g}x", x * capacity, False) for x in loads]
             plan.append(("burst 0.5x+10x", 0.5 * capacity, True))
@@ -189,7 +202,14 @@ def main() -> None:
                     print(table([row]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
-    write_results(args.out, machine.facts(), capacity_per_s=capacity, slo_ms=args.slo_ms, rows=rows)
+    write_results(
+        args.out,
+        machine.facts(),
+        capacity_per_s=capacity,
+        refusals_per_s=refusals,
+        slo_ms=args.slo_ms,
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":
