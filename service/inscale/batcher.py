@@ -72,6 +72,8 @@ MIN_GAIN = 0.2
 # The arrival rate the wait rule uses forgets with this time constant: a burst is forgotten
 # within a few tenths of a second, so a lone client after it is not held back.
 RATE_WINDOW_S = 0.02
+# Runs between refreshes of admission's quick bound (see `_refresh_run_bound`).
+BOUND_EVERY = 8
 # Weight of a new sample in the mean dispatch lag (see `_lag`).
 LAG_ALPHA = 0.2
 # With a latency objective, a batch waits for rows only while the instances have been busy
@@ -152,6 +154,7 @@ class _Plan(Generic[T, R]):
     ready: bool = False
     wake_at: float = 0.0
     late: list[_Pending[T, R]] = field(default_factory=list)
+    estimate: float | None = None  # the learned cost of running `items`
 
 
 class Batcher(Generic[T, R]):
@@ -183,6 +186,8 @@ class Batcher(Generic[T, R]):
         # than the runs alone say. A mean of recent lags, 0 while nothing waits.
         self._lag = 0.0
         self._backlog_since: float | None = None  # a slot freed with requests queued
+        self._run_bound: float | None = None  # see `_refresh_run_bound`
+        self._runs = 0
         self._busy = 0.0  # instances busy, decayed to `_busy_at` (only with an SLO)
         self._busy_at = 0.0
         self._rate = 0.0  # arrivals in rows/s, decayed to `_rate_at` (only with an SLO)
@@ -337,6 +342,17 @@ class Batcher(Generic[T, R]):
         return wait + work / policy.instances + self._lag
 
     def _admit(self, now: float, rows: int, key: Hashable, level: int, due: float) -> None:
+        # Most requests are far from their deadline: a bound from a few attributes admits them
+        # without the estimate's lookups (it runs for every request).
+        bound = self._run_bound
+        if bound is None:
+            bound = self._refresh_run_bound(key)
+            if bound is None:
+                return  # nothing has run yet
+        ahead = self._queued_rows + rows
+        runs = ahead // self.policy.max_batch_size + 2  # the running one, and a partial one
+        if runs * bound / self.policy.instances + self._lag < due - now:
+            return
         estimate = self.estimate_finish(now, rows, key, level)
         if estimate is not None and now + estimate > due:
             self._events.request_dropped(DropReason.SHED)
@@ -345,6 +361,13 @@ class Batcher(Generic[T, R]):
                 f"{estimate * 1000:.1f} ms, after its deadline in {(due - now) * 1000:.1f} ms",
                 estimate,
             )
+
+    def _refresh_run_bound(self, key: Hashable) -> float | None:
+        """Twice the learned cost of a full batch, plus the loop's lag: more than any one run
+        takes (twice, for sizes whose medians are not yet in order)."""
+        full = self.cost.estimate(key, self.policy.max_batch_size)
+        self._run_bound = None if full is None else 2 * full + self._lag
+        return self._run_bound
 
     def _make_room(self, level: int) -> bool:
         """The queue is full: push out the newest request of the lowest level below `level`
@@ -422,15 +445,15 @@ class Batcher(Generic[T, R]):
             lag = 0.0 if freed is None else loop.time() - freed
             self._lag += LAG_ALPHA * (lag - self._lag)
             try:
-                items = await self._next_batch()
+                items, expected = await self._next_batch()
             except BaseException:
                 self._slots.release()
                 raise
-            task = loop.create_task(self._execute(items))
+            task = loop.create_task(self._execute(items, expected))
             self._running_tasks.add(task)
             task.add_done_callback(self._running_tasks.discard)
 
-    async def _next_batch(self) -> list[_Pending[T, R]]:
+    async def _next_batch(self) -> tuple[list[_Pending[T, R]], float | None]:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         patient = True
@@ -443,7 +466,7 @@ class Batcher(Generic[T, R]):
                 continue  # plan again without them
             if plan.ready:
                 self._dequeue(plan.items)
-                return plan.items
+                return plan.items, plan.estimate
             # No await between planning and clearing, so no arrival can be missed.
             self._wakeup.clear()
             timer = loop.call_at(plan.wake_at, self._wakeup.set) if plan.items else None
@@ -503,7 +526,7 @@ class Batcher(Generic[T, R]):
                         break
                 if full:
                     break
-        estimate = self.cost.estimate(head.key, rows)
+        estimate = plan.estimate = self.cost.estimate(head.key, rows)
         if estimate is not None and policy.admission:
             ends = now + estimate + self._lag  # the answer waits the loop's lag too
             plan.late = [item for item in items if item.deadline < ends]
@@ -607,7 +630,8 @@ class Batcher(Generic[T, R]):
             else:  # the batch skipped requests of another shape: keep those, in order
                 self._queues[level] = deque(i for i in queue if i.state is _State.QUEUED)
 
-    async def _execute(self, items: list[_Pending[T, R]]) -> None:
+    async def _execute(self, items: list[_Pending[T, R]], expected: float | None) -> None:
+        """Run one batch; `expected` is what its run is estimated to take (None: unknown)."""
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -619,7 +643,6 @@ class Batcher(Generic[T, R]):
         key = items[0].key
         for item in items:
             item.payload = None
-        expected = self.cost.estimate(key, rows)
         end = started + (expected if expected is not None else 0.0)
         self._running_ends.append(end)
         steps = StepTimes()
@@ -657,6 +680,11 @@ class Batcher(Generic[T, R]):
             self._check_idle()
         if not failed:
             self.cost.observe(key, rows, compute_seconds)
+            self._runs += 1
+            bound = self._run_bound
+            # Refreshed now and then, and at once when a run outgrows it (it must stay above).
+            if bound is None or compute_seconds * 2 > bound or self._runs % BOUND_EVERY == 0:
+                self._refresh_run_bound(key)
         self._events.batch_finished(
             BatchRecord(
                 len(items), rows, queue_seconds, compute_seconds, steps, failed, time.time()
