@@ -260,3 +260,23 @@ async def test_a_closed_loop_client_is_not_made_to_wait_for_arrivals_that_cannot
 
 def test_deadline_error_family() -> None:
     assert issubclass(LateError, DeadlineError)
+
+
+async def test_an_idle_batcher_runs_one_request_whatever_the_estimate_says() -> None:
+    # A cost learned under conditions that are gone (CPU contention, a slow spell) must not
+    # refuse everything forever: with nothing queued or running, one request runs, and its
+    # run is measured again. Others arriving meanwhile are judged by the estimate.
+    run = Recorder(block=True)
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(latency_slo_s=0.1), events)
+    teach(batcher, {1: 1.0, 4: 1.2})
+    batcher.start()
+    probe = asyncio.create_task(batcher.submit(1))
+    await wait_until_started(run)
+    with pytest.raises(OverloadedError):
+        await batcher.submit(2)
+    run.release.set()
+    assert await probe == 10
+    assert events.drops == [DropReason.SHED]
+    assert batcher.cost.estimate(None, 1) is not None
+    await batcher.close()

@@ -74,12 +74,14 @@ MIN_GAIN = 0.2
 RATE_WINDOW_S = 0.02
 # Runs between refreshes of admission's quick bound (see `_refresh_run_bound`).
 BOUND_EVERY = 8
-# Weight of a new sample in the mean dispatch lag (see `_lag`).
+# Weight of a new sample in the mean dispatch lag (see `_lag`), and how fast it fades when
+# no batch runs to measure it.
 LAG_ALPHA = 0.2
+LAG_WINDOW_S = 0.1
 # With a latency objective, a batch waits for rows only while the instances have been busy
 # this share of the recent past (time constant BUSY_WINDOW_S): below it greedy batching keeps
 # up and waiting would cost latency for no throughput.
-BUSY_TO_WAIT = 0.8
+BUSY_TO_WAIT = 0.95
 BUSY_WINDOW_S = 0.05
 
 
@@ -146,6 +148,7 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
     state: _State = _State.QUEUED
     timer: asyncio.TimerHandle | None = None
+    probe: bool = False  # admitted to an idle batcher whatever the estimate (see `_admit`)
 
 
 @dataclass(slots=True)
@@ -185,6 +188,7 @@ class Batcher(Generic[T, R]):
         # under load it is busy reading and answering requests, so queued work drains slower
         # than the runs alone say. A mean of recent lags, 0 while nothing waits.
         self._lag = 0.0
+        self._lag_at = 0.0  # it fades from here (see `_lag_now`)
         self._backlog_since: float | None = None  # a slot freed with requests queued
         self._run_bound: float | None = None  # see `_refresh_run_bound`
         self._runs = 0
@@ -287,9 +291,11 @@ class Batcher(Generic[T, R]):
             raise QueueFullError(
                 f"{self._name}: queue is full ({policy.max_queue_size} requests waiting)"
             )
+        probe = False
         if due != math.inf and policy.admission:
-            self._admit(now, rows, key, level, due)
+            probe = self._admit(now, rows, key, level, due)
         item: _Pending[T, R] = _Pending(payload, rows, key, now, due, level, loop.create_future())
+        item.probe = probe
         if due != math.inf:
             item.timer = loop.call_at(due, self._expire, item)
         self._queues[level].append(item)
@@ -335,24 +341,31 @@ class Batcher(Generic[T, R]):
             if per_rest is None:
                 return None
             work += per_rest
-        work += (full + (1 if rest else 0)) * self._lag
+        lag = self._lag_now(now)
+        work += (full + (1 if rest else 0)) * lag
         wait = 0.0
         if self._running_batches >= policy.instances and self._running_ends:
             wait = max(0.0, min(self._running_ends) - now)
-        return wait + work / policy.instances + self._lag
+        return wait + work / policy.instances + lag
 
-    def _admit(self, now: float, rows: int, key: Hashable, level: int, due: float) -> None:
+    def _admit(self, now: float, rows: int, key: Hashable, level: int, due: float) -> bool:
+        """Refuse the request (OverloadedError) if it cannot finish by `due`. True when it is
+        admitted as a probe: an idle batcher runs one request whatever the estimate says, so
+        a cost learned under conditions that are gone (say, CPU contention) is measured
+        again rather than refusing everything forever."""
+        if self._queued == 0 and self._running_batches == 0:
+            return True
         # Most requests are far from their deadline: a bound from a few attributes admits them
         # without the estimate's lookups (it runs for every request).
         bound = self._run_bound
         if bound is None:
             bound = self._refresh_run_bound(key)
             if bound is None:
-                return  # nothing has run yet
+                return False  # nothing has run yet
         ahead = self._queued_rows + rows
         runs = ahead // self.policy.max_batch_size + 2  # the running one, and a partial one
-        if runs * bound / self.policy.instances + self._lag < due - now:
-            return
+        if runs * bound / self.policy.instances + self._lag_now(now) < due - now:
+            return False
         estimate = self.estimate_finish(now, rows, key, level)
         if estimate is not None and now + estimate > due:
             self._events.request_dropped(DropReason.SHED)
@@ -361,6 +374,12 @@ class Batcher(Generic[T, R]):
                 f"{estimate * 1000:.1f} ms, after its deadline in {(due - now) * 1000:.1f} ms",
                 estimate,
             )
+        return False
+
+    def _lag_now(self, now: float) -> float:
+        """The dispatch lag, faded with time since it was last measured: with nothing run
+        (everything refused) it is not measured, and a stale high lag must not keep refusing."""
+        return self._lag * math.exp((self._lag_at - now) / LAG_WINDOW_S)
 
     def _refresh_run_bound(self, key: Hashable) -> float | None:
         """Twice the learned cost of a full batch, plus the loop's lag: more than any one run
@@ -443,7 +462,9 @@ class Batcher(Generic[T, R]):
             freed = self._backlog_since
             self._backlog_since = None
             lag = 0.0 if freed is None else loop.time() - freed
-            self._lag += LAG_ALPHA * (lag - self._lag)
+            now = loop.time()
+            self._lag = self._lag_now(now) + LAG_ALPHA * (lag - self._lag_now(now))
+            self._lag_at = now
             try:
                 items, expected = await self._next_batch()
             except BaseException:
@@ -528,8 +549,8 @@ class Batcher(Generic[T, R]):
                     break
         estimate = plan.estimate = self.cost.estimate(head.key, rows)
         if estimate is not None and policy.admission:
-            ends = now + estimate + self._lag  # the answer waits the loop's lag too
-            plan.late = [item for item in items if item.deadline < ends]
+            ends = now + estimate + self._lag_now(now)  # the answer waits the loop's lag too
+            plan.late = [item for item in items if item.deadline < ends and not item.probe]
             if plan.late:
                 return plan
         preferred_cut = self._preferred_prefix(items)
