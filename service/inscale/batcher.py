@@ -288,14 +288,13 @@ class Batcher(Generic[T, R]):
             self._count_arrival(now, rows)
         if self._queued >= policy.max_queue_size and not self._make_room(level):
             self._events.request_dropped(DropReason.REJECTED)
-            raise QueueFullError(
-                f"{self._name}: queue is full ({policy.max_queue_size} requests waiting)"
-            )
+            raise QueueFullError(f"queue is full ({policy.max_queue_size} requests waiting)")
         probe = False
         if due != math.inf and policy.admission:
             probe = self._admit(now, rows, key, level, due)
-        item: _Pending[T, R] = _Pending(payload, rows, key, now, due, level, loop.create_future())
-        item.probe = probe
+        item: _Pending[T, R] = _Pending(
+            payload, rows, key, now, due, level, loop.create_future(), probe=probe
+        )
         if due != math.inf:
             item.timer = loop.call_at(due, self._expire, item)
         self._queues[level].append(item)
@@ -364,13 +363,14 @@ class Batcher(Generic[T, R]):
                 return False  # nothing has run yet
         ahead = self._queued_rows + rows
         runs = ahead // self.policy.max_batch_size + 2  # the running one, and a partial one
-        if runs * bound / self.policy.instances + self._lag_now(now) < due - now:
+        lag = self._lag_now(now)
+        if runs * (bound + lag) / self.policy.instances + lag < due - now:
             return False
         estimate = self.estimate_finish(now, rows, key, level)
         if estimate is not None and now + estimate > due:
             self._events.request_dropped(DropReason.SHED)
             raise OverloadedError(
-                f"{self._name}: the request would finish in about "
+                "the request would finish in about "
                 f"{estimate * 1000:.1f} ms, after its deadline in {(due - now) * 1000:.1f} ms",
                 estimate,
             )
@@ -382,10 +382,10 @@ class Batcher(Generic[T, R]):
         return self._lag * math.exp((self._lag_at - now) / LAG_WINDOW_S)
 
     def _refresh_run_bound(self, key: Hashable) -> float | None:
-        """Twice the learned cost of a full batch, plus the loop's lag: more than any one run
-        takes (twice, for sizes whose medians are not yet in order)."""
+        """Twice the learned cost of a full batch: more than any one run takes (twice, for
+        sizes whose medians are not yet in order)."""
         full = self.cost.estimate(key, self.policy.max_batch_size)
-        self._run_bound = None if full is None else 2 * full + self._lag
+        self._run_bound = None if full is None else 2 * full
         return self._run_bound
 
     def _make_room(self, level: int) -> bool:
@@ -397,8 +397,7 @@ class Batcher(Generic[T, R]):
                 item = queue.pop()
                 if item.state is _State.QUEUED:
                     error = QueueFullError(
-                        f"{self._name}: queue is full; a higher priority request took this "
-                        "one's place"
+                        "queue is full; a higher priority request took this one's place"
                     )
                     self._drop(item, DropReason.PREEMPTED, error)
                     return True
@@ -463,7 +462,8 @@ class Batcher(Generic[T, R]):
             self._backlog_since = None
             lag = 0.0 if freed is None else loop.time() - freed
             now = loop.time()
-            self._lag = self._lag_now(now) + LAG_ALPHA * (lag - self._lag_now(now))
+            faded = self._lag_now(now)
+            self._lag = faded + LAG_ALPHA * (lag - faded)
             self._lag_at = now
             try:
                 items, expected = await self._next_batch()

@@ -131,11 +131,11 @@ class DataPlane:
             return result
         except OverloadedError as exc:
             raise Overloaded(
-                f"model '{model.name}' is overloaded: {_after_name(exc)}", self._retry_after_s
+                f"model '{model.name}' is overloaded: {exc}", self._retry_after_s
             ) from exc
         except QueueFullError as exc:
             raise QueueFull(
-                f"model '{model.name}' is overloaded: {_after_name(exc)}", self._retry_after_s
+                f"model '{model.name}' is overloaded: {exc}", self._retry_after_s
             ) from exc
         except LateError as exc:
             raise DeadlineExceeded(
@@ -163,13 +163,6 @@ def _level(model: ModelVersion, priority: int) -> int:
             f"for model '{model.name}' (its priority_levels), got {priority}"
         )
     return batching.level_of(priority)
-
-
-def _after_name(exc: Exception) -> str:
-    """The batcher's message without its own name prefix ("digits:1: queue is full")."""
-    text = str(exc)
-    _, sep, rest = text.partition(": ")
-    return rest if sep else text
 
 
 def _deadline_text(model: ModelVersion, timeout_s: float) -> str:
