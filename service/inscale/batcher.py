@@ -150,6 +150,11 @@ class _Pending(Generic[T, R]):
     timer: asyncio.TimerHandle | None = None
     probe: bool = False  # admitted to an idle batcher whatever the estimate (see `_admit`)
 
+    def abandon(self, _: object) -> None:
+        # Cancelling our own future (not the caller's task) makes `submit`'s await raise
+        # without touching the task's cancellation state.
+        self.future.cancel()
+
 
 @dataclass(slots=True)
 class _Plan(Generic[T, R]):
@@ -306,15 +311,18 @@ class Batcher(Generic[T, R]):
         self._idle.clear()  # type: ignore[union-attr]
         self._wakeup.set()
         if abandon_on is not None:
-            # Cancelling our own future (not the caller's task) makes the await below raise
-            # without touching the task's cancellation state.
-            abandon_on.add_done_callback(lambda _: item.future.cancel())
+            abandon_on.add_done_callback(item.abandon)
         try:
             return await item.future
         except asyncio.CancelledError:
             if item.state is _State.QUEUED:
                 self._drop(item, DropReason.CANCELLED, None)
             raise
+        finally:
+            if abandon_on is not None:
+                # It may be a keep-alive connection's future, outliving this request: without
+                # this, the connection would collect a callback per request it carried.
+                abandon_on.remove_done_callback(item.abandon)
 
     def estimate_finish(self, now: float, rows: int, key: Hashable, level: int = 0) -> float | None:
         """Seconds from `now` until a request of `rows` rows submitted now would finish, or

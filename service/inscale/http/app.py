@@ -1,5 +1,5 @@
-"""The HTTP side of the server: the FastAPI app with every route, and the ASGI layers on the
-inference path (request id, metrics, fast path)."""
+"""The HTTP side of the server: the FastAPI app with every route in its request-id and metrics
+layers, and in front of it the data path that serves the inference routes in one layer."""
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -15,7 +15,7 @@ from inscale.http.errors import install_error_handlers
 from inscale.http.fast_path import FastPath
 from inscale.http.native_routes import native_router
 from inscale.http.request_id import RequestIdMiddleware
-from inscale.metrics.http import MetricsMiddleware
+from inscale.metrics.http import HttpSeries, MetricsMiddleware
 from inscale.metrics.prometheus import Metrics
 from inscale.protocols.predict import routes as predict
 from inscale.protocols.predict.errors import PREDICT_STATUS
@@ -44,8 +44,10 @@ def http_app(state: ServerState, metrics: Metrics | None, lifespan: Lifespan) ->
     data_routes.register(app, inference)
     app.include_router(native_router(metrics, state.plane.registry))
     app.include_router(v2_routes.router)
-    served: ASGIApp = FastPath(app, inference)
-    if metrics is not None:
-        # Around everything but the request id (it must sit inside an `async def` layer).
-        served = MetricsMiddleware(served, metrics)
-    return RequestIdMiddleware(served)
+    series = None if metrics is None else HttpSeries(metrics)
+    rest: ASGIApp = app
+    if series is not None:
+        # Inside the request id's layer: it must sit inside an `async def` one.
+        rest = MetricsMiddleware(rest, series)
+    # The inference routes first, with their request id and series in the same one layer.
+    return FastPath(RequestIdMiddleware(rest), app, inference, series)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from inscale.batch_arrays import Arrays
 from inscale.dataplane import DataPlane
 from inscale.http.errors import ClientGone
+from inscale.http.scope_keys import GONE_KEY
 from inscale.models.version import ModelVersion
 
 
@@ -23,9 +24,12 @@ async def infer_while_connected(
 ) -> Arrays:
     """Run a request, dropping it from the queue if its client disconnects meanwhile.
 
-    Only valid once the body has been read: the next ASGI message is then the disconnect.
+    Only valid once the body has been read. Under `inscale serve` the connection's own
+    "gone" future is watched; under another ASGI server, a task waiting for the next ASGI
+    message (the disconnect, once the body is read).
     """
-    gone: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
+    shared: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
+    gone = shared if shared is not None else asyncio.ensure_future(request.receive())
     try:
         return await plane.infer(
             model,
@@ -40,4 +44,5 @@ async def infer_while_connected(
             raise  # the server is cancelling us, not the client leaving
         raise ClientGone from None
     finally:
-        gone.cancel()
+        if shared is None:
+            gone.cancel()

@@ -1,28 +1,49 @@
-"""The data plane's fast path: inference routes dispatched without FastAPI's routing.
+"""The data path: inference routes served in one ASGI layer, without FastAPI's routing.
 
 FastAPI's dependency solving and middleware stack cost about 70 microseconds per request
 on these machines (a plain Starlette route: 75 us per request, the same route in FastAPI:
-145 us). For the inference routes that would be most of the HTTP budget, so this ASGI app
-matches them first (from the data-plane route table, `inscale.http.data_routes`) and calls the
-endpoint with a Starlette `Request`; everything else (metadata, health, docs) goes on to the
-FastAPI app, where the same endpoints are registered too. It records the matched route's
-template in the scope (`ROUTE_KEY`) for the metrics middleware.
+145 us), and each further layer costs every ASGI message a hop through its `send`. So this
+outermost app matches the inference routes first (from the data-plane route table,
+`inscale.http.data_routes`) and does for them, in one pass, what the layers around FastAPI do
+for every other route: the request id (the client's `X-Request-ID` if sent, in the logging
+context and echoed), the HTTP series (`inscale.metrics.http.HttpSeries`, the same one the
+middleware counts into), and the response, written whole in one write where the protocol
+offers it (`inscale.http.whole_response`). Everything else (metadata, health, docs) goes on to
+`rest`: the FastAPI app in its request-id and metrics layers, where the same endpoints are
+registered too.
 """
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inscale.http.data_routes import DataRoute
 from inscale.http.errors import response_for
-from inscale.metrics.http import ROUTE_KEY  # where the middleware reads the route template
+from inscale.http.request_id import client_request_id
+from inscale.http.scope_keys import WRITE_KEY
+from inscale.logs import new_request_id, request_id
+from inscale.metrics.http import HttpSeries
+
+_ID_HEADER = b"x-request-id"
+WriteWhole = Callable[[Scope, int, Sequence[tuple[bytes, bytes]], bytes | memoryview], bool]
 
 
 class FastPath:
-    def __init__(self, app: ASGIApp, routes: Sequence[DataRoute]) -> None:
+    def __init__(
+        self,
+        rest: ASGIApp,
+        app: ASGIApp,
+        routes: Sequence[DataRoute],
+        series: HttpSeries | None,
+    ) -> None:
+        """`rest` serves every other request; `app` (the FastAPI app) is what endpoints see
+        as `request.app`, for its state."""
+        self.rest = rest
         self.app = app
+        self._series = series
         self._exact: dict[tuple[str, str], DataRoute] = {}
         self._patterns: list[tuple[re.Pattern[str], DataRoute]] = []
         for route in routes:
@@ -36,17 +57,42 @@ class FastPath:
         if scope["type"] == "http":
             route, params = self._match(scope["method"], scope["path"])
             if route is not None:
-                scope["path_params"] = params
-                scope["app"] = self.app  # so request.app.state is the FastAPI app's state
-                scope[ROUTE_KEY] = route.path
-                request = Request(scope, receive, send)
-                try:
-                    response = await route.endpoint(request)
-                except Exception as exc:
-                    response = response_for(request, exc, route.errors)
-                await response(scope, receive, send)
+                await self._serve(route, params, scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        await self.rest(scope, receive, send)
+
+    async def _serve(
+        self,
+        route: DataRoute,
+        params: dict[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        started = time.perf_counter()
+        rid = client_request_id(scope["headers"]) or new_request_id()
+        token = request_id.set(rid)
+        try:
+            scope["path_params"] = params
+            scope["app"] = self.app  # so request.app.state is the FastAPI app's state
+            request = Request(scope, receive, send)
+            try:
+                response = await route.endpoint(request)
+            except Exception as exc:
+                response = response_for(request, exc, route.errors)
+            status = response.status_code
+            headers = [*response.raw_headers, (_ID_HEADER, rid.encode("latin-1"))]
+            body = response.body
+            write: WriteWhole | None = scope.get(WRITE_KEY)
+            if write is None or not write(scope, status, headers, body):
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            if self._series is not None:
+                self._series.observe(
+                    scope["method"], route.path, status, time.perf_counter() - started
+                )
+        finally:
+            request_id.reset(token)
 
     def _match(self, method: str, path: str) -> tuple[DataRoute | None, dict[str, str]]:
         route = self._exact.get((method, path))

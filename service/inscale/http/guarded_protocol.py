@@ -1,5 +1,7 @@
 """uvicorn's httptools protocol with read timeouts, connection and in-flight caps, and
-shutdown accounting (limits and counts: `inscale.http.connection_guard`).
+shutdown accounting (limits and counts: `inscale.http.connection_guard`); and, for the data
+path, two things in each request's scope (`inscale.http.scope_keys`): a writer of the whole
+response in one write, and the connection's own "gone" future.
 
 `inscale serve` names this class as uvicorn's `http=` (a "module:Class" string, so worker
 processes import it too). httptools calls the `on_*` methods as it parses: the first byte of
@@ -20,6 +22,7 @@ What uvicorn's graceful shutdown loses, and how this class keeps it:
 """
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, cast
 
 from uvicorn._types import ASGI3Application
@@ -28,6 +31,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from inscale.http.connection_guard import STATE_KEY, ConnectionGuard, raw_response
+from inscale.http.scope_keys import GONE_KEY, WRITE_KEY
+from inscale.http.whole_response import write_whole
 
 # What the request being parsed is waiting for; a timer is armed for HEADERS and BODY.
 _IDLE, _HEADERS, _BODY = 0, 1, 2
@@ -57,6 +62,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._over_cap = False
         self._draining = False
         self._answered_while_draining = False
+        # One per connection, shared by its requests: watching for a disconnect costs a
+        # request one callback on it, not a task of its own.
+        self._gone: asyncio.Future[None] | None = None
+        # Bound once: a per-request closure over the cycle would tie the request's scope and
+        # cycle into a reference cycle, garbage for the cyclic collector at every request.
+        self._writer = self._write_whole
 
     # -- connections --------------------------------------------------------------------
 
@@ -76,6 +87,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._gone is not None and not self._gone.done():
+            self._gone.set_result(None)
         if self._draining and not self._answered_while_draining and not self._busy():
             self._counts.closed_idle += 1
         super().connection_lost(exc)
@@ -106,6 +119,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._counts.refused_requests += 1
         if refusal is None:
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # not a WebSocket upgrade
+                # Read by the app's task, which runs after this callback: the scope is its.
+                scope = cast(dict[str, Any], self.scope)
+                scope[WRITE_KEY] = self._writer
+                if self._gone is None:
+                    self._gone = self.loop.create_future()
+                scope[GONE_KEY] = self._gone
         else:
             # uvicorn starts `self.app` for the request: the refusal instead, this once.
             app, self.app = self.app, cast(ASGI3Application, refusal)
@@ -134,6 +155,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._counts.drained += 1
             self._answered_while_draining = True
         super().on_response_complete()
+
+    def _write_whole(
+        self,
+        scope: object,
+        status: int,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes | memoryview,
+    ) -> bool:
+        """`write_whole` for the request whose `scope` this is, if it is the one in progress;
+        False (use ASGI `send`) for a pipelined request answered while a later one is parsed."""
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not scope:
+            return False
+        return write_whole(cycle, status, headers, body)
 
     # -- timers ---------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The HTTP-level series: a pure ASGI middleware counting and timing every HTTP request.
 
-It wraps everything, the inference fast path included, so 4xx and 5xx rates are visible even
-for requests that never reach a model. It labels by route *template* (`/models/{name}`), never
-the raw path: FastAPI's router leaves the matched route in the scope, the fast path leaves its
-data-plane route's template (`inscale.http.fast_path.ROUTE_KEY`), and every path no route
+It wraps every route but the inference ones, which the data path (`inscale.http.fast_path`)
+counts itself into the same series (`HttpSeries`), so 4xx and 5xx rates are visible even for
+requests that never reach a model. It labels by route *template* (`/models/{name}`), never the
+raw path: FastAPI's router leaves the matched route in the scope, and every path no route
 matched goes under one label, so a scanner cannot grow the number of series. Per-model series
 are not made here: they come from the data plane's events, the same for every protocol.
 """
@@ -17,7 +17,6 @@ from inscale.metrics.prometheus import Metrics
 from inscale.metrics.series import CounterLike, HistogramLike
 
 UNMATCHED = "<unmatched>"
-ROUTE_KEY = "inscale.route"  # scope key: the template of the data-plane route that matched
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -42,6 +41,26 @@ class _Answer:
             self._finish(self)
 
 
+class HttpSeries:
+    """The HTTP request counter and duration histogram, by method, route template and status:
+    the one place both the middleware and the data path (`inscale.http.fast_path`) count."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        # (method, template, status) -> children, made once per label set. Templates and
+        # methods are bounded sets, so this is too.
+        self._children: dict[tuple[str, str, int], tuple[CounterLike, HistogramLike]] = {}
+
+    def observe(self, method: str, template: str, status: int, elapsed_s: float) -> None:
+        key = (method if method in _METHODS else "OTHER", template, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._metrics.http(key[0], key[1], str(key[2]))
+        count, duration = children
+        count.inc()
+        duration.observe(elapsed_s)
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request; see the module docstring.
 
@@ -51,15 +70,12 @@ class MetricsMiddleware:
     passes through on the way out and back in; that cost about 2% of a /predict request on
     these machines. So it must be wrapped by an `async def` middleware (uvicorn tells ASGI 3
     apps from ASGI 2 ones by that), and a request that crashes before any response is sent is
-    not counted here (FastAPI and the fast path turn exceptions into responses first).
+    not counted here (FastAPI turns exceptions into responses first).
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, series: HttpSeries) -> None:
         self.app = app
-        self._metrics = metrics
-        # (method, template, status) -> children, made once per label set. Templates and
-        # methods are bounded sets, so this is too.
-        self._children: dict[tuple[str, str, int], tuple[CounterLike, HistogramLike]] = {}
+        self._series = series
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
@@ -68,24 +84,13 @@ class MetricsMiddleware:
         return self.app(scope, receive, answer.send)
 
     def _finish(self, answer: _Answer) -> None:
-        elapsed = time.perf_counter() - answer.started
         scope = answer.scope
-        method = scope["method"]
-        if method not in _METHODS:
-            method = "OTHER"
-        key = (method, _template(scope), answer.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = self._metrics.http(key[0], key[1], str(key[2]))
-        count, duration = children
-        count.inc()
-        duration.observe(elapsed)
+        self._series.observe(
+            scope["method"], _template(scope), answer.status, time.perf_counter() - answer.started
+        )
 
 
 def _template(scope: Scope) -> str:
-    template = scope.get(ROUTE_KEY)
-    if template is not None:
-        return str(template)
     route = scope.get("route")  # set by Starlette's router when FastAPI handled the request
     found = getattr(route, "path_format", None) if route is not None else None
     return found if isinstance(found, str) else UNMATCHED

@@ -1,0 +1,53 @@
+"""A complete, fixed-length HTTP response written in one transport write.
+
+uvicorn writes a response in two writes (its head, then its body), two system calls, after
+checking every header against two regexes and passing each ASGI message through every
+middleware's `send`. For the data plane's answers, whose headers inscale builds itself, that
+was the largest single cost on the event loop (issue 12's profile: about a fifth of its time on
+Identity). `GuardedHttpToolsProtocol` offers this writer for each request in its scope
+(`inscale.http.scope_keys.WRITE_KEY`); the data path (`inscale.http.fast_path`) calls it with
+the whole answer and falls back to ASGI messages when it is absent (another server) or declines.
+
+It declines, leaving the answer to uvicorn's `send`, whenever uvicorn would do more than write:
+the client is not reading (uvicorn waits for its buffer to drain), access logging is on (uvicorn
+logs the line), or a response has already begun.
+"""
+
+from collections.abc import Sequence
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+_CLOSE = (b"connection", b"close")
+
+
+def write_whole(
+    cycle: RequestResponseCycle,
+    status: int,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes | memoryview,
+) -> bool:
+    """Write the response for `cycle`'s request and complete it as uvicorn's `send` would.
+
+    `headers` must be valid (made by inscale, Content-Length among them) and name no
+    `Connection`. Returns False, having done nothing, where uvicorn's `send` must be used.
+    """
+    if cycle.disconnected:
+        return True  # as uvicorn's `send`: nobody to answer, the app carries on
+    if cycle.response_started or cycle.flow.write_paused or cycle.access_log:
+        return False
+    head: list[bytes | memoryview] = [STATUS_LINE[status]]
+    for name, value in (*cycle.default_headers, *headers):
+        head += (name, b": ", value, b"\r\n")
+    # The request's own `Connection: close`, HTTP/1.0, or a server draining: the last answer.
+    if not cycle.keep_alive or _CLOSE in cycle.scope["headers"]:
+        cycle.keep_alive = False
+        head.append(b"connection: close\r\n")
+    head += (b"\r\n", body)
+    cycle.response_started = True
+    cycle.transport.write(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
+    return True
