@@ -3,7 +3,7 @@
 
 import zlib
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from inscale.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding, quoted
 from inscale.http.errors import ClientGone
@@ -16,25 +16,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     is refused as soon as it crosses the limit, and a compressed one as soon as it inflates
     past it, so memory per request stays bounded.
     """
-    declared = request.headers.get("content-length")
+    declared = encoding = None
+    for name, value in request.scope["headers"]:  # one pass, no header object per request
+        if name == b"content-length":
+            declared = value
+        elif name == b"content-encoding":
+            encoding = value.decode("latin-1")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):
             raise InvalidInput("Content-Length is not a number")
         if int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+            raise PayloadTooLarge(
+                f"request body of {declared.decode()} bytes exceeds the limit of {limit}"
+            )
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # The client left mid-body, or the body timeout cut it: not a server failure.
-        raise ClientGone from None
+    receive = request.receive
+    while True:  # the ASGI messages themselves: Starlette's stream() is a generator around them
+        message = await receive()
+        if message["type"] != "http.request":
+            # The client left mid-body, or the body timeout cut it: not a server failure.
+            raise ClientGone
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return inflate(body, request.headers.get("content-encoding"), limit)
+    return inflate(body, encoding, limit)
 
 
 def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:

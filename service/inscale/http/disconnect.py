@@ -1,9 +1,11 @@
 """Running a request through the data plane while watching its HTTP client for a disconnect."""
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from inscale.batch_arrays import Arrays
 from inscale.dataplane import DataPlane
@@ -12,7 +14,7 @@ from inscale.http.scope_keys import GONE_KEY
 from inscale.models.version import ModelVersion
 
 
-async def infer_while_connected(
+def infer_while_connected(
     request: Request,
     plane: DataPlane,
     model: ModelVersion,
@@ -21,15 +23,42 @@ async def infer_while_connected(
     started: float,
     timeout_s: float | None,
     priority: int = 0,
-) -> Arrays:
+) -> Awaitable[Arrays]:
     """Run a request, dropping it from the queue if its client disconnects meanwhile.
 
-    Only valid once the body has been read. Under `inscale serve` the connection's own
-    "gone" future is watched; under another ASGI server, a task waiting for the next ASGI
-    message (the disconnect, once the body is read).
+    Only valid once the body has been read. Under `inscale serve` the data plane watches the
+    connection's own "gone" future, and the request's task sees `CancelledError` if it
+    completes: the data path turns that into `ClientGone` (`client_left`), so no coroutine
+    of ours sits between the endpoint and the data plane. Under another ASGI server, a task
+    waits for the next ASGI message (the disconnect, once the body is read).
     """
-    shared: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
-    gone = shared if shared is not None else asyncio.ensure_future(request.receive())
+    gone: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
+    if gone is not None:
+        return plane.infer(
+            model, arrays, started=started, timeout_s=timeout_s, priority=priority, abandon_on=gone
+        )
+    return _watching_messages(
+        request, plane, model, arrays, started=started, timeout_s=timeout_s, priority=priority
+    )
+
+
+def client_left(scope: Scope) -> bool:
+    """Whether a `CancelledError` in this request's task means its client went away."""
+    gone: asyncio.Future[Any] | None = scope.get(GONE_KEY)
+    return gone is not None and gone.done()
+
+
+async def _watching_messages(
+    request: Request,
+    plane: DataPlane,
+    model: ModelVersion,
+    arrays: Arrays,
+    *,
+    started: float,
+    timeout_s: float | None,
+    priority: int,
+) -> Arrays:
+    gone: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
     try:
         return await plane.infer(
             model,
@@ -44,5 +73,4 @@ async def infer_while_connected(
             raise  # the server is cancelling us, not the client leaving
         raise ClientGone from None
     finally:
-        if shared is None:
-            gone.cancel()
+        gone.cancel()

@@ -13,6 +13,7 @@ offers it (`inscale.http.whole_response`). Everything else (metadata, health, do
 registered too.
 """
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inscale.http.data_routes import DataRoute
-from inscale.http.errors import response_for
+from inscale.http.disconnect import client_left
+from inscale.http.errors import ClientGone, response_for
 from inscale.http.request_id import client_request_id
 from inscale.http.scope_keys import WRITE_KEY
 from inscale.logs import new_request_id, request_id
@@ -54,21 +56,14 @@ class FastPath:
                 self._patterns.append((pattern, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One coroutine for the whole request: every frame between uvicorn's task and the
+        # batcher's future is passed through again at each resumption.
+        route = None
         if scope["type"] == "http":
             route, params = self._match(scope["method"], scope["path"])
-            if route is not None:
-                await self._serve(route, params, scope, receive, send)
-                return
-        await self.rest(scope, receive, send)
-
-    async def _serve(
-        self,
-        route: DataRoute,
-        params: dict[str, str],
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-    ) -> None:
+        if route is None:
+            await self.rest(scope, receive, send)
+            return
         started = time.perf_counter()
         rid = client_request_id(scope["headers"]) or new_request_id()
         token = request_id.set(rid)
@@ -80,6 +75,10 @@ class FastPath:
                 response = await route.endpoint(request)
             except Exception as exc:
                 response = response_for(request, exc, route.errors)
+            except asyncio.CancelledError:
+                if not client_left(scope):
+                    raise  # the server is cancelling the request, not its client
+                response = response_for(request, ClientGone(), route.errors)
             status = response.status_code
             headers = [*response.raw_headers, (_ID_HEADER, rid.encode("latin-1"))]
             body = response.body

@@ -56,6 +56,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
         self._guard = guard
         self._counts = guard.counts
+        # uvicorn decides from `hasHandlers()`, true whenever the root logger has one (ours):
+        # every response then built an access line for a disabled logger, and could not be
+        # written whole. The line is written when `--access-log` asked for it.
+        self.access_log = self.access_log and config.access_log
         self._phase = _IDLE
         self._timed = _IDLE  # the phase `_timer` was armed for; _IDLE: no timer
         self._timer: asyncio.TimerHandle | None = None
