@@ -69,6 +69,10 @@ class ModelRegistry:
         if not versions:
             raise ModelNotReady(f"model '{name}' is still loading")
         if version is None:
+            if len(versions) == 1:  # the usual case, without a list per request
+                (only,) = versions.values()
+                if only.state is ModelState.READY and only.model is not None:
+                    return only.model
             ready = [e for e in versions.values() if e.state is ModelState.READY]
             if not ready:
                 states = ", ".join(
