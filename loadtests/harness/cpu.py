@@ -20,6 +20,21 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """`process_cpu_seconds` of a process and every live descendant (e.g. server workers)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += process_cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended between listing and reading
+    return total
+
+
 def process_run_delay_seconds(pid: int) -> float:
     """Time the process's live threads spent runnable but waiting for a core."""
     total = 0
