@@ -12,7 +12,6 @@ where 16 rounds of 2 s read 1.12x, against the same baseline within the hour.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,13 +19,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench_models import build_repository
+from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import machine, wrk
 from loadtests.harness.processes import ROOT
 from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
-
-SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 
 
 def main() -> int:
@@ -50,9 +47,7 @@ def main() -> int:
         work = Path(tmp)
         repo = work / "models"
         build_repository(repo, [args.model], 1)
-        body = work / "body.json"
-        row = json.loads(SAMPLE.read_text())["inputs"][0]
-        body.write_text(json.dumps({"model": args.model, "inputs": [row]}))
+        body = one_row_bodies(work, [args.model])[args.model]
         client = [args.client_cpu]
         with ExitStack() as stack:
             urls = {

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, save
 from inscale.models.config import RuntimeConfig
 from inscale.models.session import session_options
 
+SAMPLE = Path(__file__).resolve().parents[1] / "service/inscale/bundled_models/sample_input.json"
 WIDE_ONNX = (
     Path(__file__).resolve().parents[1] / "service/inscale/bundled_models/digits-wide/1/model.onnx"
 )
@@ -58,6 +59,16 @@ def build_repository(root: Path, models: list[str], intra_op_threads: int = 0) -
             config += f"runtime:\n  intra_op_threads: {intra_op_threads}\n"
         if config:
             (root / name / "config.yaml").write_text(config)
+
+
+def one_row_bodies(folder: Path, models: list[str]) -> dict[str, Path]:
+    """A `/predict` body per model, each the bundled sample's first row (real data, one row)."""
+    row = json.loads(SAMPLE.read_text())["inputs"][0]
+    bodies = {}
+    for model in models:
+        bodies[model] = folder / f"{model}.json"
+        bodies[model].write_text(json.dumps({"model": model, "inputs": [row]}))
+    return bodies
 
 
 def server_session(model: Path, intra_op_threads: int) -> ort.InferenceSession:

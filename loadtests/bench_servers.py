@@ -14,7 +14,6 @@ Needs granian (`pip install granian`: not a dependency of inscale), wrk and task
 """
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -24,13 +23,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from loadtests.bench_models import build_repository
+from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import machine, wrk
 from loadtests.harness.processes import ROOT, Started, free_port, pinned, spawned, wait_http_ok
 from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, inscale_server
 
-SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 SERVERS = ("uvicorn", "granian")
 
 
@@ -105,11 +103,7 @@ def main() -> int:
         work = Path(tmp)
         repo = work / "models"
         build_repository(repo, models, 1)
-        row = json.loads(SAMPLE.read_text())["inputs"][0]
-        bodies = {}
-        for model in models:
-            bodies[model] = work / f"{model}.json"
-            bodies[model].write_text(json.dumps({"model": model, "inputs": [row]}))
+        bodies = one_row_bodies(work, models)
         with ExitStack() as stack:
             started = {
                 "uvicorn": stack.enter_context(

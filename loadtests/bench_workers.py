@@ -14,7 +14,6 @@ metrics are checked under the same load.
 """
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -26,13 +25,12 @@ from typing import Any
 
 import httpx
 
-from loadtests.bench_models import build_repository
+from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import cpu, machine, wrk
 from loadtests.harness.processes import ROOT, Started
 from loadtests.harness.results import write_results
 from loadtests.harness.server import inscale_server
 
-SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 _REQUESTS = re.compile(
     r'^inscale_http_requests_total\{[^}]*method="POST"[^}]*route="/predict"[^}]*\} (\S+)', re.M
 )
@@ -64,10 +62,7 @@ def main() -> int:
         work = Path(tmp)
         repo = work / "models"
         build_repository(repo, models, 1)
-        row = json.loads(SAMPLE.read_text())["inputs"][0]
-        bodies = {m: work / f"{m}.json" for m in models}
-        for model, body in bodies.items():
-            body.write_text(json.dumps({"model": model, "inputs": [row]}))
+        bodies = one_row_bodies(work, models)
         with ExitStack() as stack:
             servers = {
                 n: stack.enter_context(

@@ -15,7 +15,6 @@ not the rate wrk reports while profiling.
 """
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -25,13 +24,12 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from loadtests.bench_models import build_repository
+from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import machine, wrk
 from loadtests.harness.processes import ROOT, pinned
 from loadtests.harness.results import write_results
 from loadtests.harness.server import inscale_server
 
-SAMPLE = ROOT / "service" / "inscale" / "bundled_models" / "sample_input.json"
 # Frames that only mean "waiting": the loop's poll and the worker threads' idle waits.
 _IDLE = ("epoll_wait", "select", "poll (", "_wait_for_tstate_lock", "wait (threading.py")
 
@@ -108,9 +106,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="inscale-profile-") as tmp:
         repo = Path(tmp) / "models"
         build_repository(repo, [args.model], 1)
-        body = Path(tmp) / "body.json"
-        row = json.loads(SAMPLE.read_text())["inputs"][0]
-        body.write_text(json.dumps({"model": args.model, "inputs": [row]}))
+        body = one_row_bodies(Path(tmp), [args.model])[args.model]
         with inscale_server(
             Path(tmp) / "server.log", model_repository=repo, cpus=[args.server_cpu]
         ) as server:

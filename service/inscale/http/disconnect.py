@@ -1,7 +1,8 @@
 """Running a request through the data plane while watching its HTTP client for a disconnect."""
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -32,14 +33,13 @@ def infer_while_connected(
     of ours sits between the endpoint and the data plane. Under another ASGI server, a task
     waits for the next ASGI message (the disconnect, once the body is read).
     """
+    infer = partial(
+        plane.infer, model, arrays, started=started, timeout_s=timeout_s, priority=priority
+    )
     gone: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
     if gone is not None:
-        return plane.infer(
-            model, arrays, started=started, timeout_s=timeout_s, priority=priority, abandon_on=gone
-        )
-    return _watching_messages(
-        request, plane, model, arrays, started=started, timeout_s=timeout_s, priority=priority
-    )
+        return infer(abandon_on=gone)
+    return _watching_messages(request, infer)
 
 
 def client_left(scope: Scope) -> bool:
@@ -48,26 +48,10 @@ def client_left(scope: Scope) -> bool:
     return gone is not None and gone.done()
 
 
-async def _watching_messages(
-    request: Request,
-    plane: DataPlane,
-    model: ModelVersion,
-    arrays: Arrays,
-    *,
-    started: float,
-    timeout_s: float | None,
-    priority: int,
-) -> Arrays:
+async def _watching_messages(request: Request, infer: Callable[..., Awaitable[Arrays]]) -> Arrays:
     gone: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
     try:
-        return await plane.infer(
-            model,
-            arrays,
-            started=started,
-            timeout_s=timeout_s,
-            priority=priority,
-            abandon_on=gone,
-        )
+        return await infer(abandon_on=gone)
     except asyncio.CancelledError:
         if not gone.done():
             raise  # the server is cancelling us, not the client leaving
