@@ -18,6 +18,18 @@ from collections.abc import Sequence
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 
 _CLOSE = (b"connection", b"close")
+# uvicorn's default headers (the date) as bytes, for the list object it holds now: it makes a
+# new list once a second, so this is rebuilt then, not for every response.
+_defaults: tuple[object, bytes] = (None, b"")
+
+
+def _default_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+    global _defaults
+    held, head = _defaults
+    if held is not headers:
+        head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+        _defaults = (headers, head)
+    return head
 
 
 def write_whole(
@@ -35,8 +47,8 @@ def write_whole(
         return True  # as uvicorn's `send`: nobody to answer, the app carries on
     if cycle.response_started or cycle.flow.write_paused or cycle.access_log:
         return False
-    head: list[bytes | memoryview] = [STATUS_LINE[status]]
-    for name, value in (*cycle.default_headers, *headers):
+    head: list[bytes | memoryview] = [STATUS_LINE[status], _default_head(cycle.default_headers)]
+    for name, value in headers:
         head += (name, b": ", value, b"\r\n")
     # The request's own `Connection: close`, HTTP/1.0, or a server draining: the last answer.
     if not cycle.keep_alive or _CLOSE in cycle.scope["headers"]:
