@@ -9,10 +9,14 @@ round close in time: on these machines 6 rounds of 4 s read wide at concurrency 
 where 16 rounds of 2 s read 1.12x, against the same baseline within the hour.
 
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --model identity -c 32
+    .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --client pa-binary
 """
 
 import argparse
+import csv
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -21,9 +25,61 @@ from typing import Any
 
 from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import machine, wrk
-from loadtests.harness.processes import ROOT
+from loadtests.harness.perf_analyzer import PerfAnalyzer, find_perf_analyzer
+from loadtests.harness.processes import ROOT, pinned
 from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
+
+
+class Turn:
+    """One measurement of one server: wrk on `/predict`, or perf_analyzer on V2 infer."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.body = one_row_bodies(work, [args.model])[args.model]
+        self.report = work / "perf_analyzer.csv"
+        self.tool: PerfAnalyzer | None = None
+        if args.client != "wrk":
+            found = find_perf_analyzer()
+            if isinstance(found, str):
+                raise SystemExit(f"perf_analyzer cannot run here: {found}")
+            self.tool = found
+            row = json.loads(self.body.read_text())["inputs"][0]
+            self.data = work / "input_data.json"
+            self.data.write_text(json.dumps({"data": [{"input": row}]}))
+
+    def __call__(self, base_url: str, seconds: float) -> dict[str, float]:
+        """req/s, p50 and p99 (us) of one turn."""
+        args, client = self.args, [self.args.client_cpu]
+        if self.tool is None:
+            report = wrk.run(
+                f"{base_url}/predict",
+                self.body,
+                connections=args.connections,
+                seconds=max(1, round(seconds)),
+                cpus=client,
+            )
+            return {"requests_per_s": report.requests_per_s} | report.as_dict()
+        wire = args.client.removeprefix("pa-")  # binary or json tensors, both ways
+        measure = [
+            "--concurrency-range", str(args.connections),
+            "--measurement-interval", str(int(seconds * 1000)),
+            "--stability-percentage", "50", "--max-trials", "5",
+            "--input-data", str(self.data),
+            "--input-tensor-format", wire, "--output-tensor-format", wire,
+            "-f", str(self.report),
+        ]  # fmt: skip
+        command = [*pinned(client), *self.tool.command(base_url, args.model, *measure)]
+        done = subprocess.run(command, env=self.tool.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"perf_analyzer failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+        with self.report.open() as f:
+            (measured,) = list(csv.DictReader(f))
+        return {
+            "requests_per_s": float(measured["Inferences/Second"]),
+            "p50_us": float(measured["p50 latency"]),
+            "p99_us": float(measured["p99 latency"]),
+        }
 
 
 def main() -> int:
@@ -33,8 +89,14 @@ def main() -> int:
     parser.add_argument("--baseline-src", type=Path, required=True, help="its service/ folder")
     parser.add_argument("--model", default="identity", choices=("identity", "wide"))
     parser.add_argument("-c", "--connections", type=int, default=32)
+    parser.add_argument(
+        "--client",
+        default="wrk",
+        choices=("wrk", "pa-binary", "pa-json"),
+        help="wrk on /predict, or perf_analyzer on V2 infer with binary or JSON tensors",
+    )
     parser.add_argument("--rounds", type=int, default=16)
-    parser.add_argument("--duration", type=int, default=2, help="seconds per turn")
+    parser.add_argument("--duration", type=float, default=2, help="seconds per turn")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "ab.json")
@@ -47,8 +109,7 @@ def main() -> int:
         work = Path(tmp)
         repo = work / "models"
         build_repository(repo, [args.model], 1)
-        body = one_row_bodies(work, [args.model])[args.model]
-        client = [args.client_cpu]
+        turn_of = Turn(args, work)
         with ExitStack() as stack:
             urls = {
                 name: stack.enter_context(
@@ -59,29 +120,19 @@ def main() -> int:
                         source=source,
                     )
                 ).url
-                + "/predict"
                 for name, source in sources.items()
             }
             for url in urls.values():
-                wrk.run(url, body, connections=args.connections, seconds=2, cpus=client)
+                turn_of(url, 2)  # warm-up
             for turn in range(args.rounds):
                 names = list(urls) if turn % 2 == 0 else list(urls)[::-1]
                 for name in names:
-                    report = wrk.run(
-                        urls[name],
-                        body,
-                        connections=args.connections,
-                        seconds=args.duration,
-                        cpus=client,
-                    )
-                    rows.append(
-                        {"side": name, "round": turn, "requests_per_s": report.requests_per_s}
-                        | report.as_dict()
-                    )
+                    figures = turn_of(urls[name], args.duration)
+                    rows.append({"side": name, "round": turn} | figures)
                     print(
-                        f"round {turn} {name:8} {report.requests_per_s:8.0f} req/s  "
-                        f"p50 {report.p50_us / 1000:6.2f} ms  p99 {report.p99_us / 1000:6.2f} ms"
-                        f"  errors {report.errors}",
+                        f"round {turn} {name:8} {figures['requests_per_s']:8.0f} req/s  "
+                        f"p50 {figures['p50_us'] / 1000:6.2f} ms  "
+                        f"p99 {figures['p99_us'] / 1000:6.2f} ms",
                         flush=True,
                     )
     ratios: dict[str, list[float]] = {"requests_per_s": [], "p50_us": [], "p99_us": []}
@@ -91,7 +142,8 @@ def main() -> int:
             values.append(pair["current"][key] / max(pair["baseline"][key], 1e-9))
     medians = {key: statistics.median(values) for key, values in ratios.items()}
     print(
-        f"\n{args.model} at {args.connections} connections, current / baseline, median of "
+        f"\n{args.model} ({args.client}) at {args.connections} connections, current / baseline, "
+        f"median of "
         f"{args.rounds} rounds: req/s {medians['requests_per_s']:.3f}, "
         f"p50 {medians['p50_us']:.3f}, p99 {medians['p99_us']:.3f} "
         f"(per round req/s: {', '.join(f'{r:.2f}' for r in ratios['requests_per_s'])})"
@@ -100,6 +152,7 @@ def main() -> int:
         args.out,
         machine.facts(),
         model=args.model,
+        client=args.client,
         connections=args.connections,
         baseline=str(args.baseline_src),
         rows=rows,
