@@ -11,7 +11,15 @@ from collections.abc import Sequence
 import pytest
 
 from inscale.batch_events import BatchRecord, DropReason, Ran, StepTimes
-from inscale.batcher import Batcher, BatchFailedError, BatchPolicy, DeadlineError, QueueFullError
+from inscale.batcher import (
+    INLINE_AFTER,
+    INLINE_MAX_NS,
+    Batcher,
+    BatchFailedError,
+    BatchPolicy,
+    DeadlineError,
+    QueueFullError,
+)
 
 
 class Recorder:
@@ -290,3 +298,61 @@ async def test_events_carry_rows_queue_times_and_step_times() -> None:
     assert len(record.queue_seconds) == 1 and record.queue_seconds[0] >= 0
     assert record.compute_seconds >= 0
     await batcher.close()
+
+
+class Timed:
+    """run_batch that records the thread each run ran on and reports the step times given."""
+
+    def __init__(self, infer_ns: int) -> None:
+        self.infer_ns = infer_ns
+        self.threads: list[int] = []
+
+    def __call__(self, payloads: Sequence[int]) -> Ran[int]:
+        self.threads.append(threading.get_ident())
+        return Ran(list(payloads), StepTimes(1_000, self.infer_ns, 1_000))
+
+
+async def _sequential(batcher: Batcher[int, int], count: int, key: object = None) -> None:
+    for i in range(count):
+        assert await batcher.submit(i, key=key) == i
+
+
+async def test_consistently_short_runs_move_to_the_loop_thread_and_a_long_one_moves_back() -> None:
+    loop_thread = threading.get_ident()
+    run = Timed(infer_ns=5_000)  # 7 us of steps: far below the hand-off to a worker
+    batcher: Batcher[int, int] = Batcher(run, policy(), Events())
+    batcher.start()
+    await _sequential(batcher, INLINE_AFTER + 3)
+    on_loop = [t == loop_thread for t in run.threads]
+    assert on_loop == [False] * INLINE_AFTER + [True] * 3
+    # Another shape starts in the pool again: its runs have not been seen yet.
+    await _sequential(batcher, 1, key="other")
+    assert run.threads[-1] != loop_thread
+    # One slow run (it ran on the loop) sends its shape back to the pool at once.
+    run.infer_ns = INLINE_MAX_NS * 10
+    await _sequential(batcher, 2)
+    assert [t == loop_thread for t in run.threads[-2:]] == [True, False]
+    await batcher.close()
+
+
+async def test_runs_stay_in_the_pool_when_their_time_is_unknown_or_untrusted() -> None:
+    loop_thread = threading.get_ident()
+    # No step times reported: nothing is known of the run's cost.
+    unmeasured_threads: list[int] = []
+
+    def run(payloads: Sequence[int]) -> Ran[int]:
+        unmeasured_threads.append(threading.get_ident())
+        return Ran(list(payloads))
+
+    batcher: Batcher[int, int] = Batcher(run, policy(), Events())
+    batcher.start()
+    await _sequential(batcher, INLINE_AFTER + 2)
+    await batcher.close()
+    # Admission off: the model's run time depends on its values, so no run is trusted short.
+    timed = Timed(infer_ns=5_000)
+    untrusted: Batcher[int, int] = Batcher(timed, policy(admission=False), Events())
+    untrusted.start()
+    await _sequential(untrusted, INLINE_AFTER + 2)
+    await untrusted.close()
+    assert len(unmeasured_threads) == len(timed.threads) == INLINE_AFTER + 2
+    assert loop_thread not in unmeasured_threads + timed.threads

@@ -37,7 +37,9 @@ lower priority level has one queued: its newest request is pushed out instead.
 Requests are only merged when their keys are equal (the caller makes the key from the
 non-batch dims), so arrays of different shapes never meet. `run_batch` is synchronous and
 runs in a thread pool with one thread per instance: ONNX Runtime releases the GIL, so the
-event loop keeps accepting while a batch computes.
+event loop keeps accepting while a batch computes. A shape and size whose runs have all been
+shorter than the hand-off to the pool and back (`INLINE_AFTER` of them in a row, each within
+`INLINE_MAX_NS` by the steps `run_batch` reports) runs on the loop's thread instead.
 
 What happens to requests is reported as events (`BatchEvents`: queued, dropped with a reason,
 batch finished with its times) to one listener the caller gives; the batcher keeps no
@@ -83,6 +85,12 @@ LAG_WINDOW_S = 0.1
 # up and waiting would cost latency for no throughput.
 BUSY_TO_WAIT = 0.95
 BUSY_WINDOW_S = 0.05
+# A batch runs on the event loop's own thread, not the pool's, once this many runs in a row
+# of its shape and size took at most INLINE_MAX_NS in `run_batch`'s steps: handing a run to a
+# worker thread and its result back costs tens of microseconds (about 85 on one loaded
+# core), more than such a run. One slower run sends that shape and size back to the pool.
+INLINE_AFTER = 9
+INLINE_MAX_NS = 30_000
 
 
 class BatcherError(Exception):
@@ -211,6 +219,9 @@ class Batcher(Generic[T, R]):
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._running_tasks: set[asyncio.Task[None]] = set()
+        # (key, rows) -> consecutive runs within INLINE_MAX_NS (see INLINE_AFTER). Bounded:
+        # keys are the model's shapes, rows at most max_batch_size.
+        self._short_runs: dict[tuple[Hashable, int], int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -388,6 +399,17 @@ class Batcher(Generic[T, R]):
         """The dispatch lag, faded with time since it was last measured: with nothing run
         (everything refused) it is not measured, and a stale high lag must not keep refusing."""
         return self._lag * math.exp((self._lag_at - now) / LAG_WINDOW_S)
+
+    def _count_short(self, shape: tuple[Hashable, int], steps: StepTimes) -> None:
+        """Count a run toward running its shape inline. Only a run whose steps were measured
+        counts (a `run_batch` that reports none never runs inline), and only where the
+        learned cost is trusted at all: a model with admission off is one whose run time
+        depends on its values, and one long run on the loop's thread would stall everything."""
+        took = steps.input_ns + steps.infer_ns + steps.output_ns
+        if self.policy.admission and steps.infer_ns > 0 and took <= INLINE_MAX_NS:
+            self._short_runs[shape] = self._short_runs.get(shape, 0) + 1
+        else:
+            self._short_runs[shape] = 0
 
     def _refresh_run_bound(self, key: Hashable) -> float | None:
         """Twice the learned cost of a full batch: more than any one run takes (twice, for
@@ -676,8 +698,12 @@ class Batcher(Generic[T, R]):
         self._running_ends.append(end)
         steps = StepTimes()
         failed = False
+        shape = (key, rows)
         try:
-            ran = await loop.run_in_executor(self._executor, self._run_batch, payloads)  # type: ignore[arg-type]
+            if self._short_runs.get(shape, 0) >= INLINE_AFTER:
+                ran = self._run_batch(payloads)  # type: ignore[arg-type]
+            else:
+                ran = await loop.run_in_executor(self._executor, self._run_batch, payloads)  # type: ignore[arg-type]
             if len(ran.results) != len(items):
                 raise BatchFailedError(
                     f"{self._name}: run_batch returned {len(ran.results)} results "
@@ -692,6 +718,7 @@ class Batcher(Generic[T, R]):
                     item.future.set_exception(error)
         else:
             steps = ran.steps
+            self._count_short(shape, steps)
             for item, result in zip(items, ran.results, strict=True):
                 if not item.future.done():  # the caller may have gone away meanwhile
                     item.future.set_result(result)
