@@ -173,3 +173,24 @@ def test_requests_leave_no_garbage_cycles(own_server: ServerProcess) -> None:
         after = collected()
     # With the cycle the first version of this path had, this read 20 objects per request.
     assert (after - before) / requests < 0.5
+
+
+def test_path_matches_are_remembered_within_a_bound_and_each_request_gets_its_own_params() -> None:
+    """The data path matches a URL against the route patterns once; a scanner's endless
+    distinct paths must not grow that memory without bound."""
+    from inscale.http import fast_path
+    from inscale.protocols.v2 import routes as v2_routes
+
+    async def rest(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("not called: only matching is tested")
+
+    path = fast_path.FastPath(rest, rest, v2_routes.DATA_ROUTES, None)
+    route, params = path._match("POST", "/v2/models/m1/versions/3/infer")
+    assert route is not None and params == {"name": "m1", "version": "3"}
+    params["name"] = "changed by an endpoint"
+    assert path._match("POST", "/v2/models/m1/versions/3/infer")[1]["name"] == "m1"
+    assert path._match("GET", "/v2/models/m1/versions/3/infer")[0] is None  # method counts
+    for i in range(3 * fast_path._SEEN_MAX):
+        assert path._match("GET", f"/scan/{i}") == (None, {})
+        assert len(path._seen) <= fast_path._SEEN_MAX
+    assert path._match("POST", "/v2/models/m2/infer")[1] == {"name": "m2"}

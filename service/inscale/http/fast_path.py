@@ -30,6 +30,7 @@ from inscale.logs import new_request_id, request_id
 from inscale.metrics.http import HttpSeries
 
 _ID_HEADER = b"x-request-id"
+_SEEN_MAX = 1024  # paths whose match is remembered (see `_match`)
 WriteWhole = Callable[[Scope, int, Sequence[tuple[bytes, bytes]], bytes | memoryview], bool]
 
 
@@ -48,6 +49,7 @@ class FastPath:
         self._series = series
         self._exact: dict[tuple[str, str], DataRoute] = {}
         self._patterns: list[tuple[re.Pattern[str], DataRoute]] = []
+        self._seen: dict[tuple[str, str], tuple[DataRoute | None, dict[str, str]]] = {}
         for route in routes:
             pattern = route.pattern()
             if pattern is None:
@@ -97,6 +99,18 @@ class FastPath:
         route = self._exact.get((method, path))
         if route is not None:
             return route, {}
+        # A path is matched against the patterns once, not at every request: the paths a
+        # server sees are few (a model's infer URL, the probes), and any number of others
+        # (a scanner) only refill a bounded table.
+        known = self._seen.get((method, path))
+        if known is None:
+            if len(self._seen) >= _SEEN_MAX:
+                self._seen.clear()
+            known = self._seen[(method, path)] = self._search(method, path)
+        route, params = known
+        return route, dict(params)  # the request's own: an endpoint may change its copy
+
+    def _search(self, method: str, path: str) -> tuple[DataRoute | None, dict[str, str]]:
         for pattern, candidate in self._patterns:
             if candidate.method == method:
                 found = pattern.match(path)
