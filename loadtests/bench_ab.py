@@ -10,6 +10,7 @@ where 16 rounds of 2 s read 1.12x, against the same baseline within the hour.
 
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --model identity -c 32
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --client pa-binary
+    .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --client pa-grpc-stream
 """
 
 import argparse
@@ -26,13 +27,22 @@ from typing import Any
 from loadtests.bench_models import build_repository, one_row_bodies
 from loadtests.harness import machine, wrk
 from loadtests.harness.perf_analyzer import PerfAnalyzer, find_perf_analyzer
-from loadtests.harness.processes import ROOT, pinned
+from loadtests.harness.processes import ROOT, free_port, pinned
 from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
 
+# --client: perf_analyzer's protocol and flags, per choice (wrk is the default, on /predict).
+PERF_ANALYZER: dict[str, tuple[str, list[str]]] = {
+    "pa-binary": ("http", ["--input-tensor-format", "binary", "--output-tensor-format", "binary"]),
+    "pa-json": ("http", ["--input-tensor-format", "json", "--output-tensor-format", "json"]),
+    "pa-grpc": ("grpc", []),
+    "pa-grpc-stream": ("grpc", ["--streaming"]),
+}
+
 
 class Turn:
-    """One measurement of one server: wrk on `/predict`, or perf_analyzer on V2 infer."""
+    """One measurement of one server: wrk on `/predict`, or perf_analyzer on V2 infer over
+    HTTP or gRPC."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
@@ -48,7 +58,7 @@ class Turn:
             self.data = work / "input_data.json"
             self.data.write_text(json.dumps({"data": [{"input": row}]}))
 
-    def __call__(self, base_url: str, seconds: float) -> dict[str, float]:
+    def __call__(self, base_url: str, grpc_address: str, seconds: float) -> dict[str, float]:
         """req/s, p50 and p99 (us) of one turn."""
         args, client = self.args, [self.args.client_cpu]
         if self.tool is None:
@@ -60,16 +70,17 @@ class Turn:
                 cpus=client,
             )
             return {"requests_per_s": report.requests_per_s} | report.as_dict()
-        wire = args.client.removeprefix("pa-")  # binary or json tensors, both ways
+        protocol, flags = PERF_ANALYZER[args.client]
         measure = [
             "--concurrency-range", str(args.connections),
             "--measurement-interval", str(int(seconds * 1000)),
             "--stability-percentage", "50", "--max-trials", "5",
-            "--input-data", str(self.data),
-            "--input-tensor-format", wire, "--output-tensor-format", wire,
+            "--input-data", str(self.data), *flags,
             "-f", str(self.report),
         ]  # fmt: skip
-        command = [*pinned(client), *self.tool.command(base_url, args.model, *measure)]
+        address = grpc_address if protocol == "grpc" else base_url
+        command = self.tool.command(address, args.model, *measure, protocol=protocol)
+        command = [*pinned(client), *command]
         done = subprocess.run(command, env=self.tool.env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"perf_analyzer failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -92,8 +103,9 @@ def main() -> int:
     parser.add_argument(
         "--client",
         default="wrk",
-        choices=("wrk", "pa-binary", "pa-json"),
-        help="wrk on /predict, or perf_analyzer on V2 infer with binary or JSON tensors",
+        choices=("wrk", *PERF_ANALYZER),
+        help="wrk on /predict, or perf_analyzer on V2 infer: HTTP with binary or JSON "
+        "tensors, gRPC unary or streaming",
     )
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--duration", type=float, default=2, help="seconds per turn")
@@ -111,23 +123,25 @@ def main() -> int:
         build_repository(repo, [args.model], 1)
         turn_of = Turn(args, work)
         with ExitStack() as stack:
-            urls = {
-                name: stack.enter_context(
+            targets = {}
+            for name, source in sources.items():
+                grpc_port = free_port()
+                server = stack.enter_context(
                     inscale_server(
                         work / f"{name}.log",
                         model_repository=repo,
                         cpus=[args.server_cpu],
                         source=source,
+                        extra=["--grpc-port", str(grpc_port)],
                     )
-                ).url
-                for name, source in sources.items()
-            }
-            for url in urls.values():
-                turn_of(url, 2)  # warm-up
+                )
+                targets[name] = (server.url, f"127.0.0.1:{grpc_port}")
+            for url, grpc_address in targets.values():
+                turn_of(url, grpc_address, 2)  # warm-up
             for turn in range(args.rounds):
-                names = list(urls) if turn % 2 == 0 else list(urls)[::-1]
+                names = list(targets) if turn % 2 == 0 else list(targets)[::-1]
                 for name in names:
-                    figures = turn_of(urls[name], args.duration)
+                    figures = turn_of(*targets[name], args.duration)
                     rows.append({"side": name, "round": turn} | figures)
                     print(
                         f"round {turn} {name:8} {figures['requests_per_s']:8.0f} req/s  "
