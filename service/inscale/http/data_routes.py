@@ -1,10 +1,10 @@
 """The one table of data-plane (inference) routes, and what is built from it.
 
 Each protocol lists its inference routes as `DataRoute`s. From that one list the app factory
-registers them in FastAPI (so they are in the OpenAPI schema and `/docs`), the fast path
-(`inscale.http.fast_path`) dispatches them without FastAPI's routing, and the metrics
-middleware learns their route templates from the fast path. Each row carries its protocol's
-error table, so a route answers errors the same whichever way it was dispatched.
+registers them in FastAPI (so they are in the OpenAPI schema and `/docs`), and the fast path
+(`inscale.http.fast_path`) serves them without FastAPI's routing, counting each under its
+template (`path`). Each row carries its protocol's error table, so a route answers errors the
+same whichever way it was dispatched.
 """
 
 import re
