@@ -490,8 +490,8 @@ class Batcher(Generic[T, R]):
             await self._slots.acquire()  # an instance is idle
             freed = self._backlog_since
             self._backlog_since = None
-            lag = 0.0 if freed is None else loop.time() - freed
             now = loop.time()
+            lag = 0.0 if freed is None else now - freed
             faded = self._lag_now(now)
             self._lag = faded + LAG_ALPHA * (lag - faded)
             self._lag_at = now

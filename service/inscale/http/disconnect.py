@@ -33,12 +33,14 @@ def infer_while_connected(
     of ours sits between the endpoint and the data plane. Under another ASGI server, a task
     waits for the next ASGI message (the disconnect, once the body is read).
     """
+    gone: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
+    if gone is not None:  # every request under `inscale serve`: the call itself, no wrapper
+        return plane.infer(
+            model, arrays, started=started, timeout_s=timeout_s, priority=priority, abandon_on=gone
+        )
     infer = partial(
         plane.infer, model, arrays, started=started, timeout_s=timeout_s, priority=priority
     )
-    gone: asyncio.Future[Any] | None = request.scope.get(GONE_KEY)
-    if gone is not None:
-        return infer(abandon_on=gone)
     return _watching_messages(request, infer)
 
 

@@ -69,18 +69,19 @@ class ModelRegistry:
         if not versions:
             raise ModelNotReady(f"model '{name}' is still loading")
         if version is None:
-            if len(versions) == 1:  # the usual case, without a list per request
-                (only,) = versions.values()
-                if only.state is ModelState.READY and only.model is not None:
-                    return only.model
-            ready = [e for e in versions.values() if e.state is ModelState.READY]
-            if not ready:
+            newest: VersionEntry | None = None  # the newest ready one, in one pass
+            for candidate in versions.values():
+                if candidate.state is ModelState.READY and (
+                    newest is None or candidate.version > newest.version
+                ):
+                    newest = candidate
+            if newest is None:
                 states = ", ".join(
                     f"{e.version}: {e.state.value}" + (f" ({e.reason})" if e.reason else "")
                     for e in versions.values()
                 )
                 raise ModelNotReady(f"model '{name}' has no ready version ({states})")
-            entry = max(ready, key=lambda e: e.version)
+            entry = newest
         else:
             found = versions.get(version)
             if found is None:
