@@ -178,19 +178,96 @@ def test_requests_leave_no_garbage_cycles(own_server: ServerProcess) -> None:
 def test_path_matches_are_remembered_within_a_bound_and_each_request_gets_its_own_params() -> None:
     """The data path matches a URL against the route patterns once; a scanner's endless
     distinct paths must not grow that memory without bound."""
-    from inscale.http import fast_path
+    from inscale.http import data_routes
     from inscale.protocols.v2 import routes as v2_routes
 
-    async def rest(scope: object, receive: object, send: object) -> None:
-        raise AssertionError("not called: only matching is tested")
-
-    path = fast_path.FastPath(rest, rest, v2_routes.DATA_ROUTES, None)
-    route, params = path._match("POST", "/v2/models/m1/versions/3/infer")
+    table = data_routes.RouteTable(v2_routes.DATA_ROUTES)
+    route, params = table.match("POST", "/v2/models/m1/versions/3/infer")
     assert route is not None and params == {"name": "m1", "version": "3"}
     params["name"] = "changed by an endpoint"
-    assert path._match("POST", "/v2/models/m1/versions/3/infer")[1]["name"] == "m1"
-    assert path._match("GET", "/v2/models/m1/versions/3/infer")[0] is None  # method counts
-    for i in range(3 * fast_path._SEEN_MAX):
-        assert path._match("GET", f"/scan/{i}") == (None, {})
-        assert len(path._seen) <= fast_path._SEEN_MAX
-    assert path._match("POST", "/v2/models/m2/infer")[1] == {"name": "m2"}
+    assert table.match("POST", "/v2/models/m1/versions/3/infer")[1]["name"] == "m1"
+    assert table.match("GET", "/v2/models/m1/versions/3/infer")[0] is None  # method counts
+    for i in range(3 * data_routes._SEEN_MAX):
+        assert table.match("GET", f"/scan/{i}") == (None, {})
+        assert len(table._seen) <= data_routes._SEEN_MAX
+    assert table.match("POST", "/v2/models/m2/infer")[1] == {"name": "m2"}
+
+
+def _chunked(body: bytes) -> Iterator[bytes]:
+    """A body httpx sends chunked (no Content-Length): one the direct path leaves to ASGI."""
+    yield body[:5]
+    yield body[5:]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict", PREDICT),
+        ("/predict", b'{"model": "identity", "inputs": [[1.0, 2.0]]}'),  # wrong row length
+        ("/predict", b'{"model": "identity", "inputs": '),  # not JSON
+        ("/predict", b'{"model": "nope", "inputs": [[1.0]]}'),  # unknown model
+        ("/v2/models/identity/infer", V2),
+        ("/v2/models/identity/versions/1/infer", V2),
+        ("/v2/models/identity/infer", V2.replace(b"FP32", b"FP99")),
+        ("/v2/models/nope/infer", V2),
+    ],
+)
+def test_the_direct_path_and_the_asgi_driver_answer_alike(
+    own_server: ServerProcess, path: str, body: bytes
+) -> None:
+    """A plain request is served inside the protocol (`inscale.http.direct_path`); the same
+    request gzip-encoded or chunked goes through uvicorn's cycle and the ASGI driver. Their
+    answers must not differ in anything but the request id."""
+    import gzip
+
+    url = f"{own_server.url}{path}"
+    ways: dict[str, tuple[bytes | Iterator[bytes], dict[str, str]]] = {
+        "plain": (body, {}),
+        "gzip": (gzip.compress(body), {"Content-Encoding": "gzip"}),
+        "chunked": (_chunked(body), {}),
+    }
+    answers = {}
+    with httpx.Client(timeout=10) as client:
+        for way, (content, extra) in ways.items():
+            rid = f"id-{way}"
+            headers = {"Content-Type": "application/json", "X-Request-ID": rid, **extra}
+            response = client.post(url, headers=headers, content=content)
+            assert response.headers["x-request-id"] == rid
+            kept = {k: v for k, v in response.headers.items() if k not in ("date", "x-request-id")}
+            answers[way] = (response.status_code, kept, response.content)
+    assert answers["plain"] == answers["gzip"] == answers["chunked"]
+    assert answers["plain"][0] < 500
+
+
+def test_the_fastapi_registration_serves_the_data_routes_too(test_repo: Path) -> None:
+    """The data routes are FastAPI routes as well (the OpenAPI schema, and an app mounted
+    without inscale's drivers in front); through FastAPI alone they answer the same."""
+    from fastapi import FastAPI
+
+    from inscale.app import create_app
+    from inscale.settings import ServerSettings
+
+    inner: object = create_app(ServerSettings(model_repository=test_repo))
+    while not isinstance(inner, FastAPI):  # inside the drivers and the middleware layers
+        inner = getattr(inner, "rest", None) or inner.app  # type: ignore[attr-defined]
+    app = inner
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+                for _ in range(200):
+                    if (await client.get("/health/ready")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                good = await client.post("/predict", content=PREDICT)
+                bad = await client.post(
+                    "/v2/models/identity/infer", content=V2.replace(b"FP32", b"FP99")
+                )
+                return good, bad
+
+    good, bad = asyncio.run(go())
+    assert good.status_code == 200, good.text
+    assert good.json()["outputs"] == {"y": [ROW]}
+    assert good.headers["content-type"] == "application/json"
+    assert bad.status_code == 400 and "FP99" in bad.json()["error"]

@@ -2,14 +2,39 @@
 `Content-Encoding` (gzip or deflate) within the same limit, for every HTTP route."""
 
 import zlib
+from collections.abc import Sequence
 
 from starlette.requests import Request
+from starlette.types import Receive
 
 from inscale.errors import InvalidInput, PayloadTooLarge, UnsupportedEncoding, quoted
 from inscale.http.errors import ClientGone
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """`receive_body` for a Starlette request."""
+    return await receive_body(request.scope["headers"], request.receive, limit)
+
+
+def plain_length(headers: Sequence[tuple[bytes, bytes]], limit: int) -> int | None:
+    """The declared length of a body that needs none of `receive_body`'s checks on the way
+    in: a valid Content-Length within `limit`, no Content-Encoding, no Transfer-Encoding.
+    None for any other body, which `receive_body` then reads (and names what is wrong)."""
+    declared = None
+    for name, value in headers:
+        if name == b"content-length":
+            declared = value
+        elif name in (b"content-encoding", b"transfer-encoding"):
+            return None
+    if declared is None or not (declared.isascii() and declared.isdigit()):
+        return None
+    length = int(declared)
+    return length if length <= limit else None
+
+
+async def receive_body(
+    headers: Sequence[tuple[bytes, bytes]], receive: Receive, limit: int
+) -> bytes:
     """The whole body, inflated, refusing it as soon as it is known to exceed `limit` bytes.
 
     A declared Content-Length over the limit is refused before a byte is read; a chunked body
@@ -17,7 +42,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     past it, so memory per request stays bounded.
     """
     declared = encoding = None
-    for name, value in request.scope["headers"]:  # one pass, no header object per request
+    for name, value in headers:  # one pass, no header object per request
         if name == b"content-length":
             declared = value
         elif name == b"content-encoding":
@@ -31,7 +56,6 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    receive = request.receive
     while True:  # the ASGI messages themselves: Starlette's stream() is a generator around them
         message = await receive()
         if message["type"] != "http.request":

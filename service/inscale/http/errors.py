@@ -66,18 +66,18 @@ def _server_failed(status: int) -> Response:
     return error_response(status, f"the server failed to handle this request (request id {rid})")
 
 
-def response_for(request: Request, exc: Exception, table: ErrorTable) -> Response:
-    """The response for an exception escaping a route whose protocol uses `table`."""
+def response_for(method: str, path: str, exc: Exception, table: ErrorTable) -> Response:
+    """The response for an exception escaping a route whose protocol uses `table`; `method`
+    and `path` name the request in the log line of a server failure."""
     if isinstance(exc, ClientGone):
         # Nobody reads this; 499 (nginx's "client closed request") keeps access logs honest.
         return error_response(499, "client closed the request")
     if not isinstance(exc, InscaleError):
-        log.error("%s %s crashed", request.method, shortened(request.url.path), exc_info=exc)
+        log.error("%s %s crashed", method, shortened(path), exc_info=exc)
         return _server_failed(500)
     status = status_for(exc, table)
     if status >= 500 and not isinstance(exc, _SAID):
-        path = shortened(request.url.path)
-        log.error("%s %s failed: %s", request.method, path, exc.message, exc_info=exc)
+        log.error("%s %s failed: %s", method, shortened(path), exc.message, exc_info=exc)
         return _server_failed(status)
     headers = None
     if isinstance(exc, QueueFull):
@@ -130,7 +130,7 @@ def error_route_class(table: ErrorTable) -> type[APIRoute]:
                 except (StarletteHTTPException, RequestValidationError):
                     raise  # FastAPI's own errors: the app's handlers below
                 except Exception as exc:
-                    return response_for(request, exc, table)
+                    return response_for(request.method, request.url.path, exc, table)
 
             return handle
 
@@ -161,7 +161,7 @@ def install_error_handlers(app: FastAPI, table: ErrorTable) -> None:
     raised outside a protocol's routes."""
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        return response_for(request, exc, table)
+        return response_for(request.method, request.url.path, exc, table)
 
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

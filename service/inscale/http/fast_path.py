@@ -1,36 +1,38 @@
-"""The data path: inference routes served in one ASGI layer, without FastAPI's routing.
+"""The ASGI driver of the data routes: the outermost ASGI app, without FastAPI's routing.
 
 FastAPI's dependency solving and middleware stack cost about 70 microseconds per request
 on these machines (a plain Starlette route: 75 us per request, the same route in FastAPI:
 145 us), and each further layer costs every ASGI message a hop through its `send`. So this
-outermost app matches the inference routes first (from the data-plane route table,
-`inscale.http.data_routes`) and does for them, in one pass, what the layers around FastAPI do
-for every other route: the request id (the client's `X-Request-ID` if sent, in the logging
-context and echoed), the HTTP series (`inscale.metrics.http.HttpSeries`, the same one the
-middleware counts into), and the response, written whole in one write where the protocol
-offers it (`inscale.http.whole_response`). Everything else (metadata, health, docs) goes on to
-`rest`: the FastAPI app in its request-id and metrics layers, where the same endpoints are
-registered too.
+app matches the inference routes first (`inscale.http.data_routes.RouteTable`) and does for
+them, in one pass, what the layers around FastAPI do for every other route: the request id
+(the client's `X-Request-ID` if sent, in the logging context and echoed), the HTTP series
+(`inscale.metrics.http.HttpSeries`, the same one the middleware counts into), and the
+response, written whole in one write where the protocol offers it
+(`inscale.http.whole_response`). Everything else (metadata, health, docs) goes on to `rest`:
+the FastAPI app in its request-id and metrics layers.
+
+Under `inscale serve` most inference requests never get here: the protocol serves them itself
+(`inscale.http.direct_path`). This driver takes the rest (a pipelined request, a compressed or
+chunked body, an access-logged server) and every request under another ASGI server.
 """
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inscale.http.data_routes import DataRoute
-from inscale.http.disconnect import client_left
-from inscale.http.errors import ClientGone, response_for
+from inscale.http.body import receive_body
+from inscale.http.data_routes import DataCall, Reply, RouteTable, serve
+from inscale.http.errors import response_for
 from inscale.http.request_id import client_request_id
-from inscale.http.scope_keys import WRITE_KEY
+from inscale.http.scope_keys import GONE_KEY, WRITE_KEY
 from inscale.logs import new_request_id, request_id
 from inscale.metrics.http import HttpSeries
+from inscale.server_state import ServerState
 
 _ID_HEADER = b"x-request-id"
-_SEEN_MAX = 1024  # paths whose match is remembered (see `_match`)
 WriteWhole = Callable[[Scope, int, Sequence[tuple[bytes, bytes]], bytes | memoryview], bool]
 
 
@@ -38,82 +40,56 @@ class FastPath:
     def __init__(
         self,
         rest: ASGIApp,
-        app: ASGIApp,
-        routes: Sequence[DataRoute],
+        table: RouteTable,
+        state: ServerState,
         series: HttpSeries | None,
     ) -> None:
-        """`rest` serves every other request; `app` (the FastAPI app) is what endpoints see
-        as `request.app`, for its state."""
+        """`rest` serves every request that is not a data route's."""
         self.rest = rest
-        self.app = app
+        self._table = table
+        self._state = state
         self._series = series
-        self._exact: dict[tuple[str, str], DataRoute] = {}
-        self._patterns: list[tuple[re.Pattern[str], DataRoute]] = []
-        self._seen: dict[tuple[str, str], tuple[DataRoute | None, dict[str, str]]] = {}
-        for route in routes:
-            pattern = route.pattern()
-            if pattern is None:
-                self._exact[(route.method, route.path)] = route
-            else:
-                self._patterns.append((pattern, route))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # One coroutine for the whole request: every frame between uvicorn's task and the
         # batcher's future is passed through again at each resumption.
         route = None
         if scope["type"] == "http":
-            route, params = self._match(scope["method"], scope["path"])
+            method, path = scope["method"], scope["path"]
+            route, params = self._table.match(method, path)
         if route is None:
             await self.rest(scope, receive, send)
             return
         started = time.perf_counter()
-        rid = client_request_id(scope["headers"]) or new_request_id()
+        headers = scope["headers"]
+        rid = client_request_id(headers) or new_request_id()
         token = request_id.set(rid)
+        watcher = None
         try:
-            scope["path_params"] = params
-            scope["app"] = self.app  # so request.app.state is the FastAPI app's state
-            request = Request(scope, receive, send)
+            gone: asyncio.Future[Any] | None = scope.get(GONE_KEY)
             try:
-                response = await route.endpoint(request)
-            except Exception as exc:
-                response = response_for(request, exc, route.errors)
-            except asyncio.CancelledError:
-                if not client_left(scope):
-                    raise  # the server is cancelling the request, not its client
-                response = response_for(request, ClientGone(), route.errors)
-            status = response.status_code
-            headers = [*response.raw_headers, (_ID_HEADER, rid.encode("latin-1"))]
-            body = response.body
+                body = await receive_body(headers, receive, self._state.settings.max_body_bytes)
+            except Exception as exc:  # too large, badly encoded, the client gone mid-body
+                reply = Reply.of(response_for(method, path, exc, route.errors))
+            else:
+                if gone is None:  # another server: after the body, the next message is the
+                    gone = watcher = asyncio.ensure_future(receive())  # disconnect
+                call = DataCall(self._state, headers, params, body, started, gone)
+                reply = await serve(route, call, method, path)
+            status = reply.status
+            out = [
+                (b"content-type", reply.content_type),
+                (b"content-length", b"%d" % len(reply.body)),
+                *reply.headers,
+                (_ID_HEADER, rid.encode("latin-1")),
+            ]
             write: WriteWhole | None = scope.get(WRITE_KEY)
-            if write is None or not write(scope, status, headers, body):
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+            if write is None or not write(scope, status, out, reply.body):
+                await send({"type": "http.response.start", "status": status, "headers": out})
+                await send({"type": "http.response.body", "body": reply.body})
             if self._series is not None:
-                self._series.observe(
-                    scope["method"], route.path, status, time.perf_counter() - started
-                )
+                self._series.observe(method, route.path, status, time.perf_counter() - started)
         finally:
+            if watcher is not None:
+                watcher.cancel()
             request_id.reset(token)
-
-    def _match(self, method: str, path: str) -> tuple[DataRoute | None, dict[str, str]]:
-        route = self._exact.get((method, path))
-        if route is not None:
-            return route, {}
-        # A path is matched against the patterns once, not at every request: the paths a
-        # server sees are few (a model's infer URL, the probes), and any number of others
-        # (a scanner) only refill a bounded table.
-        known = self._seen.get((method, path))
-        if known is None:
-            if len(self._seen) >= _SEEN_MAX:
-                self._seen.clear()
-            known = self._seen[(method, path)] = self._search(method, path)
-        route, params = known
-        return route, dict(params)  # the request's own: an endpoint may change its copy
-
-    def _search(self, method: str, path: str) -> tuple[DataRoute | None, dict[str, str]]:
-        for pattern, candidate in self._patterns:
-            if candidate.method == method:
-                found = pattern.match(path)
-                if found:
-                    return candidate, found.groupdict()
-        return None, {}

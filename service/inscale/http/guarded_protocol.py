@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from inscale.http.connection_guard import STATE_KEY, ConnectionGuard, raw_response
+from inscale.http.direct_path import DIRECT_KEY, DirectPath, Exchange
 from inscale.http.scope_keys import GONE_KEY, WRITE_KEY
 from inscale.http.whole_response import write_whole
 
@@ -56,6 +57,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
         self._guard = guard
         self._counts = guard.counts
+        direct = app_state.get(DIRECT_KEY)
+        self._direct = direct if isinstance(direct, DirectPath) else None
         # uvicorn decides from `hasHandlers()`, true whenever the root logger has one (ours):
         # every response then built an access line for a disabled logger, and could not be
         # written whole. The line is written when `--access-log` asked for it.
@@ -122,15 +125,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             refusal = self._guard.too_many_in_flight
             self._counts.refused_requests += 1
         if refusal is None:
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not None and cycle.scope is self.scope:  # not a WebSocket upgrade
-                # Read by the app's task, which runs after this callback: the scope is its.
-                scope = cast(dict[str, Any], self.scope)
-                scope[WRITE_KEY] = self._writer
-                if self._gone is None:
-                    self._gone = self.loop.create_future()
-                scope[GONE_KEY] = self._gone
+            exchange = None if self._direct is None else self._direct.take(self)
+            if exchange is not None:
+                self.cycle = exchange  # type: ignore[assignment]  # it stands for one
+            else:
+                self._start_cycle()
         else:
             # uvicorn starts `self.app` for the request: the refusal instead, this once.
             app, self.app = self.app, cast(ASGI3Application, refusal)
@@ -141,6 +140,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._draining:
             self.cycle.keep_alive = False  # every request read while draining is the last
 
+    def _start_cycle(self) -> None:
+        """uvicorn's cycle and ASGI task for the request, with the data path's two keys."""
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not a WebSocket upgrade
+            # Read by the app's task, which runs after this callback: the scope is its.
+            scope = cast(dict[str, Any], self.scope)
+            scope[WRITE_KEY] = self._writer
+            scope[GONE_KEY] = self.gone()
+
+    def gone(self) -> "asyncio.Future[None]":
+        """The connection's future, done once it is lost."""
+        if self._gone is None:
+            self._gone = self.loop.create_future()
+        return self._gone
+
     def handle_websocket_upgrade(self) -> None:
         # The connection passes to uvicorn's WebSocket protocol: no timer of ours may close
         # it later, and it is no HTTP request waiting for an answer here.
@@ -149,9 +164,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._counts.read -= 1
         super().handle_websocket_upgrade()
 
+    def on_body(self, body: bytes) -> None:
+        cycle: object = self.cycle  # uvicorn's cycle, or an exchange standing for one
+        if isinstance(cycle, Exchange):
+            cycle.on_body(body)
+        else:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         self._phase = _IDLE
+        cycle: object = self.cycle
+        if isinstance(cycle, Exchange):
+            cycle.start()
+        else:
+            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._counts.answered += 1

@@ -1,14 +1,7 @@
-"""`POST /predict`: the simple JSON endpoint. Read -> decode -> data plane -> encode."""
+"""`POST /predict`: the simple JSON endpoint. Decode -> data plane -> encode (the body is read
+by the driver: `inscale.http.data_routes`)."""
 
-import time
-
-from starlette.requests import Request
-from starlette.responses import Response
-
-from inscale.http.body import read_body
-from inscale.http.context import context
-from inscale.http.data_routes import DataRoute
-from inscale.http.disconnect import infer_while_connected
+from inscale.http.data_routes import DataCall, DataRoute, Reply
 from inscale.protocols.predict import codec
 from inscale.protocols.predict.errors import PREDICT_STATUS
 
@@ -34,25 +27,20 @@ _OPENAPI_BODY = {
 }
 
 
-async def predict(request: Request) -> Response:
-    started = time.perf_counter()
-    ctx = context(request)
-    plane = ctx.plane
-    parsed = codec.parse_request(await read_body(request, ctx.settings.max_body_bytes))
+async def predict(call: DataCall) -> Reply:
+    plane = call.state.plane
+    parsed = codec.parse_request(call.body)
     model = plane.model(parsed.model, parsed.version)
     arrays = plane.decode(model, lambda rules: codec.to_arrays(parsed.inputs, rules))
-    outputs = await infer_while_connected(
-        request,
-        plane,
+    outputs = await plane.infer(
         model,
         arrays,
-        started=started,
+        started=call.started,
         timeout_s=parsed.timeout_s,
         priority=parsed.priority,
+        abandon_on=call.gone,
     )
-    return Response(
-        codec.encode_response(model.name, model.version, outputs), media_type="application/json"
-    )
+    return Reply(200, codec.encode_response(model.name, model.version, outputs))
 
 
 DATA_ROUTES = (

@@ -3,12 +3,10 @@
 Each route reads the request, asks the core (the data plane and its registry) and encodes the
 answer; the protocol's formats live in `codec`, `config_json` and `stats`, its statuses in
 `errors` (every route here answers with that table). The infer routes are rows of the
-data-plane route table (`DATA_ROUTES`), so the fast path dispatches them too: path parameters
-are read from `request.path_params` on every route.
+data-plane route table (`DATA_ROUTES`), served by its drivers (`inscale.http.data_routes`).
 """
 
 import dataclasses
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,8 +17,7 @@ from inscale.errors import InvalidInput
 from inscale.http import health
 from inscale.http.body import read_body
 from inscale.http.context import context
-from inscale.http.data_routes import DataRoute
-from inscale.http.disconnect import infer_while_connected
+from inscale.http.data_routes import DataCall, DataRoute, Reply
 from inscale.http.errors import error_route_class
 from inscale.http.responses import json_response
 from inscale.models.registry import ModelRegistry, ModelState
@@ -35,6 +32,8 @@ router = APIRouter(prefix="/v2", tags=[TAG], route_class=error_route_class(V2_ST
 
 MODEL = "/models/{name}"
 VERSION = "/models/{name}/versions/{version}"
+_BINARY = b"application/octet-stream"
+_HEADER_LENGTH = codec.HEADER_LENGTH.encode()
 
 _INFER_BODY = {
     "requestBody": {
@@ -136,34 +135,27 @@ async def model_config(request: Request) -> Response:
 # -- inference --------------------------------------------------------------------------
 
 
-async def infer(request: Request) -> Response:
-    started = time.perf_counter()
-    ctx = context(request)
-    plane = ctx.plane
-    limit = ctx.settings.max_body_bytes
-    body = await read_body(request, limit)
-    model = _model(request)
-    header_length = codec.parse_header_length(request.headers.get(codec.HEADER_LENGTH))
+async def infer(call: DataCall) -> Reply:
+    plane = call.state.plane
+    params = call.params
+    model = plane.model(params["name"], parse_version(params.get("version")))
+    header_length = codec.parse_header_length(call.header(_HEADER_LENGTH))
+    body = call.body
     parsed = plane.decode(model, lambda rules: codec.decode_request(body, header_length, rules))
-    results = await infer_while_connected(
-        request,
-        plane,
+    results = await plane.infer(
         model,
         parsed.arrays,
-        started=started,
+        started=call.started,
         timeout_s=parsed.timeout_s,
         priority=parsed.priority,
+        abandon_on=call.gone,
     )
     content, json_length = codec.encode_response(
         model.name, model.version, parsed, results, model.signature
     )
     if json_length is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
+        return Reply(200, content)
+    return Reply(200, content, _BINARY, ((_HEADER_LENGTH, b"%d" % json_length),))
 
 
 DATA_ROUTES = (
