@@ -8,7 +8,7 @@ regenerate the committed files. Seeds are fixed and training is pinned to one
 BLAS thread, so with the same library versions on the same kind of CPU a rerun
 writes byte-identical files.
 
-Models written under ``--out`` (default: ``service/bundled_models``)::
+Models written under ``--out`` (default: ``service/inscale/bundled_models``)::
 
     digits/1/model.onnx        StandardScaler + LogisticRegression, small and fast
     digits-wide/1/model.onnx   StandardScaler + MLP 64-2048-2048-10, ~17 MB,
@@ -16,6 +16,9 @@ Models written under ``--out`` (default: ``service/bundled_models``)::
     ACCURACY.json              held-out accuracy of each exported model
     sample_input.json          4 held-out rows with their true labels (rows
                                that every bundled model classifies correctly)
+    <model>/samples.npz        all held-out rows (`input`) and their labels
+                               (`labels`): what `inscale optimize` calibrates
+                               and scores variants on by default
 
 Both graphs take ``input`` (float32, [N, 64], raw pixel values; scaling is part
 of the graph) and return ``label`` (int64, [N]) and ``probabilities``
@@ -68,7 +71,7 @@ INPUT_NAME = "input"
 TARGET_OPSET = 17
 PROBA_ATOL = 1e-5
 SAMPLE_ROWS = 4
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "service" / "bundled_models"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "service" / "inscale" / "bundled_models"
 
 Float32Array = NDArray[np.float32]
 IntArray = NDArray[np.int64]
@@ -257,6 +260,14 @@ def write_outputs(out: Path, results: list[Result], split: Split) -> None:
         },
     )
     write_sample(out / "sample_input.json", split, results)
+    write_held_out(out, split)
+
+
+def write_held_out(out: Path, split: Split) -> None:
+    for spec in SPECS:
+        np.savez_compressed(
+            out / spec.name / "samples.npz", **{INPUT_NAME: split.x_test, "labels": split.y_test}
+        )
 
 
 def write_sample(path: Path, split: Split, results: list[Result]) -> None:
@@ -297,6 +308,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"output directory (default: {DEFAULT_OUT})",
     )
     parser.add_argument(
+        "--held-out-only",
+        action="store_true",
+        help="only write each model folder's samples.npz (no training)",
+    )
+    parser.add_argument(
         "--bench",
         action="store_true",
         help="also time each exported model with onnxruntime (1 thread, CPU)",
@@ -307,6 +323,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     split = load_split()
+    if args.held_out_only:
+        write_held_out(args.out, split)
+        print(f"wrote the held-out rows into {args.out}")
+        return 0
 
     results = []
     for spec in SPECS:

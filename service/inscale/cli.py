@@ -1,4 +1,4 @@
-"""`inscale serve`, `inscale models [DIR]` and `inscale --version`.
+"""`inscale serve`, `inscale models [DIR]`, `inscale optimize MODEL_DIR` and `inscale --version`.
 
 argparse gives the command line its shape (`--version` and the two subcommands); pydantic-settings
 adds one `serve` flag per ServerSettings field to the `serve` subparser, so a new setting is a
@@ -28,6 +28,8 @@ from inscale.errors import InscaleError
 from inscale.logs import configure_logging
 from inscale.models.repository import ModelRepository, ModelSource
 from inscale.models.session import open_session
+from inscale.optimize import command as optimize_command
+from inscale.optimize.variants import VARIANTS
 from inscale.settings import ServerSettings, SettingDoc, environment, setting_docs
 
 _DOCS = {doc.name: doc for doc in setting_docs()}
@@ -62,7 +64,31 @@ def _parser() -> tuple[argparse.ArgumentParser, SettingsFlags]:
 
     models = commands.add_parser("models", help="list what a repository would load, and why not")
     models.add_argument("repository", nargs="?", type=Path, help="default: the bundled models")
+    _add_optimize(commands)
     return parser, flags
+
+
+def _add_optimize(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    optimize = commands.add_parser(
+        "optimize",
+        help="make smaller, faster variants of a model and measure them side by side",
+        description=(optimize_command.__doc__ or "").split("\n\n")[0],
+    )
+    optimize.add_argument("model_dir", type=Path, help="a model folder in a repository")
+    optimize.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    optimize.add_argument("--version", type=int, help="default: the newest version")
+    optimize.add_argument(
+        "--samples", type=Path, help=".npz, .npy or JSON rows (default: the folder's samples.*)"
+    )
+    optimize.add_argument(
+        "--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all that apply)"
+    )
+    optimize.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    optimize.add_argument("--batch-sizes", default="1,8,32", help="latency measured at each")
+    optimize.add_argument("--install", choices=VARIANTS, help="add this variant as a new version")
+    optimize.add_argument(
+        "--server", help="with --install: ask this server (URL) to load the new version"
+    )
 
 
 def _add_setting_flag(
@@ -96,10 +122,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _list_models(args.repository)
+        if args.command == "optimize":
+            return _optimize(args)
         return _serve(CliApp.run(ServerSettings, cli_args=args, cli_settings_source=flags))
     except ValidationError as exc:
         print(_invalid(exc), file=sys.stderr)
         return 2
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    options = optimize_command.Options(
+        model_dir=args.model_dir,
+        out=args.out,
+        version=args.version,
+        samples=args.samples,
+        variants=None if args.variants is None else args.variants.split(","),
+        max_accuracy_drop=args.max_accuracy_drop,
+        batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+        install=args.install,
+        server=args.server,
+        token=optimize_command.token_from_env(),
+    )
+    try:
+        report = optimize_command.run(options)
+    except InscaleError as exc:
+        print(f"inscale optimize: {exc.message}", file=sys.stderr)
+        return 2
+    print(optimize_command.table(report))
+    for kind, why in {**report.skipped, **report.failed}.items():
+        print(f"not made: {kind}: {why}")
+    if report.installed:
+        installed = report.installed
+        where = " and loaded" if installed["loaded"] else ""
+        print(f"installed {installed['variant']} as version {installed['version']}{where}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _invalid(exc: ValidationError) -> str:
