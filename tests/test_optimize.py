@@ -188,3 +188,98 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
     done = optimize(model, "--out", "/proc/inscale-optimize-out")  # not writable, even as root
     assert done.returncode == 2
     assert "cannot be written" in done.stderr
+
+
+def _classifier(path: Path) -> Path:
+    """A float classifier with plain ONNX ops: x [N, 8] -> softmax(x W + b) [N, 4]. Class k is
+    the argmax of row pairs (2k, 2k+1), so rows built around one class agree under int8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.zeros((8, 4), dtype=np.float32)
+    for k in range(4):
+        weights[2 * k : 2 * k + 2, k] = 1.0
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits0"]),
+            helper.make_node("Add", ["logits0", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.full(4, 0.1, dtype=np.float32), "b"),
+        ],
+    )
+    import onnx
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_static_int8_and_fp16_of_a_plain_graph_are_scored_by_agreement(tmp_path: Path) -> None:
+    model = tmp_path / "clf"
+    _classifier(model / "1" / "model.onnx")
+    rng = np.random.default_rng(7)
+    rows = rng.random((96, 8), dtype=np.float32) * 0.2
+    rows[np.arange(96), 2 * (np.arange(96) % 4)] += 3.0  # each row clearly one class
+    (model / "samples.json").write_text(json.dumps({"inputs": rows.tolist()}))  # no labels
+    out = tmp_path / "out"
+    done = optimize(model, "--out", out, "--variants", "int8-static,fp16", "--batch-sizes", "1")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["failed"] == {} and not results["labelled"]
+    rows_by = {row["variant"]: row for row in results["rows"]}
+    for name in ("int8-static", "fp16"):
+        row = rows_by[name]
+        assert row["score_name"] == "agreement" and row["score"] == 1.0 and row["within"]
+        assert 0 < row["max_abs_diff"]["probabilities"] < 0.05
+    assert rows_by["int8-static"]["batch_dependence"] < 1e-6  # ranges fixed at calibration
+    import onnx
+
+    static = onnx.load(str(out / "int8-static.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in static.graph.node}
+    fp16 = onnx.load(str(out / "fp16.onnx"))
+    assert fp16.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # io kept
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("s.npz", {"y": np.zeros((2, 8), np.float32)}, "has no rows for input 'x'"),
+        ("s.npz", {"x": np.zeros((2, 8), np.float32), "labels": [1]}, "1 labels for 2 rows"),
+        ("s.json", {"rows": []}, 'expected {"inputs": ..., "labels": ...}'),
+        ("s.json", {"inputs": [["a"] * 8]}, "is not FP32 rows"),
+        ("s.json", {"inputs": []}, "has shape [0], the model takes [-1, 8]"),
+        ("s.npz", {"x": np.zeros((0, 8), np.float32)}, "same, nonzero number of rows"),
+        ("s.csv", "x", "use .npz, .npy or .json"),
+        ("s.npy", b"not numpy", "cannot be read"),
+    ],
+)
+def test_sample_files_that_do_not_fit_are_refused_by_name(
+    tmp_path: Path, name: str, content: object, message: str
+) -> None:
+    from inscale.optimize.samples import SampleError, load_samples
+    from inscale.signature import signature_of
+
+    model = _classifier(tmp_path / "clf" / "1" / "model.onnx")
+    signature = signature_of(ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]))
+    path = tmp_path / name
+    if isinstance(content, dict) and name.endswith(".npz"):
+        np.savez(path, **content)
+    elif isinstance(content, dict):
+        path.write_text(json.dumps(content))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(str(content))
+    with pytest.raises(SampleError) as raised:
+        load_samples(path, signature)
+    assert message in raised.value.message and str(path) in raised.value.message
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((3, 8), np.float32))
+    assert load_samples(good, signature).rows == 3

@@ -57,16 +57,23 @@ def test_keep_alive_answers_carry_the_defaults_and_the_id(own_server: ServerProc
 
 
 @pytest.mark.parametrize(
-    ("request_line", "header"),
-    [("POST /predict HTTP/1.1", "Connection: close\r\n"), ("POST /predict HTTP/1.0", "")],
+    ("request_line", "header", "framing"),  # a Content-Length: the direct path; chunked: ASGI
+    [
+        ("POST /predict HTTP/1.1", "Connection: close\r\n", "length"),
+        ("POST /predict HTTP/1.1", "Connection: close\r\n", "chunked"),
+        ("POST /predict HTTP/1.0", "", "length"),  # HTTP/1.0 has no chunked bodies
+    ],
 )
 def test_a_last_request_is_answered_then_closed(
-    own_server: ServerProcess, request_line: str, header: str
+    own_server: ServerProcess, request_line: str, header: str, framing: str
 ) -> None:
+    if framing == "length":
+        body = f"Content-Length: {len(PREDICT)}\r\n\r\n".encode() + PREDICT
+    else:
+        body = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(PREDICT), PREDICT)
     raw = (
         f"{request_line}\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{header}"
-        f"Content-Length: {len(PREDICT)}\r\n\r\n"
-    ).encode() + PREDICT
+    ).encode() + body
 
     async def go() -> bytes:
         connection = await Connection.open(_port(own_server))

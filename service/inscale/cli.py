@@ -28,7 +28,6 @@ from inscale.errors import InscaleError
 from inscale.logs import configure_logging
 from inscale.models.repository import ModelRepository, ModelSource
 from inscale.models.session import open_session
-from inscale.optimize import command as optimize_command
 from inscale.optimize.variants import VARIANTS
 from inscale.settings import ServerSettings, SettingDoc, environment, setting_docs
 
@@ -72,7 +71,8 @@ def _add_optimize(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     optimize = commands.add_parser(
         "optimize",
         help="make smaller, faster variants of a model and measure them side by side",
-        description=(optimize_command.__doc__ or "").split("\n\n")[0],
+        description="Make smaller, faster variants of a model (graph-optimized, int8, fp16), "
+        "measure each next to the original, and optionally install one as the next version.",
     )
     optimize.add_argument("model_dir", type=Path, help="a model folder in a repository")
     optimize.add_argument("--out", type=Path, required=True, help="a new or empty folder")
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
+    # Imported here: `serve` must not pay for (or depend on) what only `optimize` uses.
+    from inscale.optimize import command as optimize_command
+
     options = optimize_command.Options(
         model_dir=args.model_dir,
         out=args.out,

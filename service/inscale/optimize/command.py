@@ -23,11 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
@@ -410,19 +411,24 @@ def install(options: Options, report: Report, model_dir: Path) -> dict[str, Any]
 
 
 def _load(server: str, name: str, token: str | None) -> None:
-    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    # The standard library's client: the server's own dependencies have no HTTP client.
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     url = f"{server.rstrip('/')}/v2/repository/models/{name}/load"
+    request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
     try:
-        response = httpx.post(url, headers=headers, json={}, timeout=300)
-    except httpx.HTTPError as exc:
+        with urllib.request.urlopen(request, timeout=300):
+            return
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        raise OptimizeError(
+            f"installed, but the server refused to load it ({exc.code}): {body}"
+        ) from exc
+    except (urllib.error.URLError, OSError) as exc:
         raise OptimizeError(
             f"installed, but the server at {server} could not be asked to load it: {exc}"
         ) from exc
-    if response.status_code != 200:
-        raise OptimizeError(
-            f"installed, but the server refused to load it ({response.status_code}): "
-            + response.text
-        )
 
 
 def token_from_env() -> str | None:
