@@ -156,6 +156,7 @@ def test_a_variant_over_the_drop_is_never_installed(tmp_path: Path) -> None:
         ("missing", [], "does not exist"),
         ("bad-samples", ["--samples", "{bad}"], "has shape [3, 5], the model takes [-1, 64]"),
         ("full-out", [], "exists and is not empty"),
+        ("not-onnx", [], "model.onnx cannot be loaded"),
     ],
 )
 def test_refusals_say_why_and_write_nothing(
@@ -168,6 +169,8 @@ def test_refusals_say_why_and_write_nothing(
     if setup == "full-out":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
+    if setup == "not-onnx":
+        (model / "1" / "model.onnx").write_bytes(b"not a model")
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 5), dtype=np.float32))
     done = optimize(model, "--out", out, *[a.format(bad=bad) for a in args])

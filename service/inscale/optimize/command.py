@@ -100,7 +100,11 @@ def run(options: Options) -> Report:
     model_dir = options.model_dir
     version, source = _source(model_dir, options.version)
     config = _config(model_dir)
-    signature = signature_of(ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]))
+    try:
+        session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types: not a model it can load
+        raise OptimizeError(f"{source} cannot be loaded: {_first_line(exc)}") from exc
+    signature = signature_of(session)
     samples = _samples(options, model_dir, signature)
     wanted, skipped = _variants(options.variants, samples)
     if options.install is not None and options.install not in wanted:
