@@ -83,11 +83,23 @@ def _add_optimize(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     optimize.add_argument(
         "--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default: all that apply)"
     )
-    optimize.add_argument("--max-accuracy-drop", type=float, default=0.01)
-    optimize.add_argument("--batch-sizes", default="1,8,32", help="latency measured at each")
+    optimize.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=0.01,
+        help="how far below the original's accuracy (or agreement) a variant may score and "
+        "still be installed (default: 0.01)",
+    )
+    optimize.add_argument(
+        "--batch-sizes",
+        default="1,8,32",
+        help="comma-separated, latency measured at each (default: 1,8,32)",
+    )
     optimize.add_argument("--install", choices=VARIANTS, help="add this variant as a new version")
     optimize.add_argument(
-        "--server", help="with --install: ask this server (URL) to load the new version"
+        "--server",
+        help="with --install: ask this server (URL) to load the new version; it needs "
+        "--control-api open, or token with INSCALE_CONTROL_TOKEN set here too",
     )
 
 

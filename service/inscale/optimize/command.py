@@ -336,7 +336,7 @@ def table(report: Report) -> str:
     sizes = list(report.rows[0].latency_ms)
     head = ["variant", "file MB", "load s", "memory MB"]
     head += [f"p50 ms, batch {b}" for b in sizes] + [f"speed-up, batch {sizes[-1]}"]
-    head += [report.rows[0].score_name, "drop", "max abs diff", "alone vs batched", ""]
+    head += [report.rows[0].score_name, "drop", "max abs diff", "alone vs batched", "install"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report.rows:
         score = "-" if row.score is None else f"{row.score:.4f}"
