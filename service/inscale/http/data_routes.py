@@ -70,6 +70,17 @@ class Reply:
         return cls(response.status_code, bytes(response.body), content_type, headers)
 
 
+def wire_headers(reply: Reply, request_id: str) -> list[tuple[bytes, bytes]]:
+    """The reply's headers as both drivers write them: Content-Type and Content-Length, its
+    own, and the request id."""
+    return [
+        (b"content-type", reply.content_type),
+        (b"content-length", b"%d" % len(reply.body)),
+        *reply.headers,
+        (b"x-request-id", request_id.encode("latin-1")),
+    ]
+
+
 Endpoint = Callable[[DataCall], Coroutine[Any, Any, Reply]]  # a coroutine: the direct
 # path runs it as its task
 

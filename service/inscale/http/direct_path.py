@@ -34,6 +34,7 @@ from inscale.http.data_routes import (
     RouteTable,
     client_gone,
     error_reply,
+    wire_headers,
 )
 from inscale.http.errors import ClientGone
 from inscale.http.request_id import client_request_id
@@ -47,9 +48,6 @@ if TYPE_CHECKING:
 
 # Where the app's lifespan state gives the protocol its `DirectPath`.
 DIRECT_KEY = "inscale.direct_path"
-_ID_HEADER = b"x-request-id"
-_CONTENT_TYPE = b"content-type"
-_CONTENT_LENGTH = b"content-length"
 
 
 class _NoWaiters:
@@ -211,12 +209,7 @@ class Exchange:
 
     def _write(self, protocol: "GuardedHttpToolsProtocol", reply: Reply) -> None:
         body = reply.body
-        headers: list[tuple[bytes, bytes]] = [
-            (_CONTENT_TYPE, reply.content_type),
-            (_CONTENT_LENGTH, b"%d" % len(body)),
-            *reply.headers,
-            (_ID_HEADER, self._rid.encode("latin-1")),
-        ]
+        headers = wire_headers(reply, self._rid)
         self.response_started = True
         transport = protocol.transport
         default_headers = protocol.server_state.default_headers

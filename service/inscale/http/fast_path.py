@@ -24,7 +24,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inscale.http.body import receive_body
-from inscale.http.data_routes import DataCall, Reply, RouteTable, serve
+from inscale.http.data_routes import DataCall, Reply, RouteTable, serve, wire_headers
 from inscale.http.errors import response_for
 from inscale.http.request_id import client_request_id
 from inscale.http.scope_keys import GONE_KEY, WRITE_KEY
@@ -32,7 +32,6 @@ from inscale.logs import new_request_id, request_id
 from inscale.metrics.http import HttpSeries
 from inscale.server_state import ServerState
 
-_ID_HEADER = b"x-request-id"
 WriteWhole = Callable[[Scope, int, Sequence[tuple[bytes, bytes]], bytes | memoryview], bool]
 
 
@@ -77,12 +76,7 @@ class FastPath:
                 call = DataCall(self._state, headers, params, body, started, gone)
                 reply = await serve(route, call, method, path)
             status = reply.status
-            out = [
-                (b"content-type", reply.content_type),
-                (b"content-length", b"%d" % len(reply.body)),
-                *reply.headers,
-                (_ID_HEADER, rid.encode("latin-1")),
-            ]
+            out = wire_headers(reply, rid)
             write: WriteWhole | None = scope.get(WRITE_KEY)
             if write is None or not write(scope, status, out, reply.body):
                 await send({"type": "http.response.start", "status": status, "headers": out})

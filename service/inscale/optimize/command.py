@@ -295,17 +295,17 @@ def _rows(
     base_figures, base_outputs = measured[ORIGINAL]
     base_classes = predicted_classes(signature, base_outputs)
     reference = labels if labels is not None else base_classes
+    floats = [s.name for s in signature.outputs if base_outputs[s.name].dtype.kind == "f"]
+    base_score: float | None = None  # the original's own: measured first
     rows = []
     for kind, (figures, outputs) in measured.items():
         classes = predicted_classes(signature, outputs)
         score = None
         if reference is not None and classes is not None:
             score = float(np.mean(classes == reference))
-        base_score = 1.0 if labels is None else None
-        if labels is not None and base_classes is not None:
-            base_score = float(np.mean(base_classes == labels))
+        if kind == ORIGINAL:
+            base_score = score
         drop = None if score is None or base_score is None else base_score - score
-        floats = [s.name for s in signature.outputs if base_outputs[s.name].dtype.kind == "f"]
         diffs = {n: np.abs(outputs[n].astype(np.float64) - base_outputs[n]) for n in floats}
         alone = [float(np.abs(outputs[f"{ALONE}{n}"] - outputs[n]).max()) for n in floats]
         latency = figures["latency_ms"]
