@@ -417,3 +417,16 @@ def test_the_recorded_file_keeps_to_the_schema_it_stands_for() -> None:
             assert level["within_slo"] == ok
     assert doc["best"]["trial"] == 3
     assert doc["default"]["config"] == doc["trials"][0]["config"]
+
+
+def test_a_base_not_shaped_like_k8s_is_refused_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "overlay"
+    code, _, err = run_plan(
+        capsys, "--rps", "50000", "--slo-p99-ms", "50", "--overlay", str(folder),
+        "--base", str(K8S / "gpu"),
+    )  # fmt: skip
+    assert code == 2
+    assert f"--base {K8S / 'gpu'}: not shaped like k8s/" in err
+    assert not folder.exists()

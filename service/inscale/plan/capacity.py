@@ -166,7 +166,7 @@ def plan(results: Results, inputs: Inputs) -> Plan:
     if chosen.rss_mb is None:
         raise PlanError(f"trial {chosen.trial} has no rss_mb: its memory cannot be sized")
     replicas = replicas_for(inputs.rps, usable(chosen))
-    # rss_mb is read as MiB; were it 10^6 bytes, MiB would overstate it by 5%: the safe side.
+    # rss_mb is MiB: the profile sums VmRSS (KiB) over the server's processes and divides by 1024.
     request = round_up_mi(chosen.rss_mb * MEMORY_MARGIN)
     return Plan(
         inputs=inputs,

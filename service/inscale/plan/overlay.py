@@ -74,6 +74,16 @@ def model_config(knobs: dict[str, float | int], base_text: str | None = None) ->
 
 
 def read_base(folder: Path) -> Base:
+    try:
+        return _read_base(folder)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise PlanError(
+            f"--base {folder}: not shaped like k8s/ (a Deployment, its HPA and ConfigMaps): "
+            f"missing {exc}"
+        ) from None
+
+
+def _read_base(folder: Path) -> Base:
     if not folder.is_dir():
         raise PlanError(f"--base {folder}: no such folder (the k8s/ manifests to patch)")
     files = sorted(
@@ -236,6 +246,15 @@ def build(plan: Plan, base: Base, relative_base: str, source: str) -> Overlay:
 
 
 def write(folder: Path, overlay: Overlay) -> None:
+    try:
+        _write(folder, overlay)
+    except OSError as exc:
+        raise PlanError(
+            f"--overlay {folder}: cannot write ({exc.strerror}: {exc.filename})"
+        ) from None
+
+
+def _write(folder: Path, overlay: Overlay) -> None:
     marker = folder / MARKER
     if folder.exists():
         if not folder.is_dir():
