@@ -1,4 +1,5 @@
-"""`inscale serve`, `inscale models [DIR]`, `inscale optimize MODEL_DIR` and `inscale --version`.
+"""`inscale serve`, `inscale models [DIR]`, `inscale optimize|profile MODEL_DIR`, `inscale plan
+RESULTS` and `inscale --version`.
 
 argparse gives the command line its shape (`--version` and the two subcommands); pydantic-settings
 adds one `serve` flag per ServerSettings field to the `serve` subparser, so a new setting is a
@@ -29,6 +30,9 @@ from inscale.logs import configure_logging
 from inscale.models.repository import ModelRepository, ModelSource
 from inscale.models.session import open_session
 from inscale.optimize.variants import VARIANTS
+from inscale.profile.payload import PROTOCOLS
+from inscale.profile.search import STRATEGIES
+from inscale.profile.space import KNOBS
 from inscale.settings import ServerSettings, SettingDoc, environment, setting_docs
 
 _DOCS = {doc.name: doc for doc in setting_docs()}
@@ -64,6 +68,17 @@ def _parser() -> tuple[argparse.ArgumentParser, SettingsFlags]:
     models = commands.add_parser("models", help="list what a repository would load, and why not")
     models.add_argument("repository", nargs="?", type=Path, help="default: the bundled models")
     _add_optimize(commands)
+    _add_profile(commands)
+    plan = commands.add_parser(
+        "plan",
+        help="size a deployment (replicas, resources, autoscaler) from a profile's results",
+        description="From results.json of `inscale profile`: how many replicas of which size "
+        "serve --rps under --slo-p99-ms, with headroom, and the autoscaler targets that follow "
+        "from the measured knee; --overlay writes them as a kustomize overlay over k8s/.",
+    )
+    from inscale.plan import command as plan_command  # argparse only: cheap to import
+
+    plan_command.add_arguments(plan)
     return parser, flags
 
 
@@ -103,6 +118,70 @@ def _add_optimize(commands: "argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _add_profile(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    profile = commands.add_parser(
+        "profile",
+        help="measure how a model scales through the server and find its best config",
+        description="Start inscale servers pinned to --cores with one config each, drive them "
+        "with closed-loop load from the other cores, and search the config that serves the "
+        "most under the p99 objective. Writes report.md with plots, results.json, results.csv "
+        "and config.yaml to --out; running the same command again resumes an interrupted sweep.",
+    )
+    profile.add_argument("model_dir", type=Path, help="a model folder in a repository")
+    profile.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    profile.add_argument("--version", type=int, help="default: the newest version")
+    profile.add_argument(
+        "--cores", help="cores the servers run on, e.g. 0 or 0-3 (default: the first one)"
+    )
+    profile.add_argument(
+        "--load-cores", help="cores the load generator runs on (default: all the others)"
+    )
+    profile.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        help="the p99 objective in ms (default: the model's latency_slo_ms, else 50)",
+    )
+    profile.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="auto: the grid up to 16 configs, else Optuna's TPE (hill-climb without Optuna)",
+    )
+    profile.add_argument(
+        "--budget-s", type=float, default=600, help="stop before passing this (default: 600)"
+    )
+    profile.add_argument(
+        "--trial-s", type=float, default=3, help="measured seconds per level (default: 3)"
+    )
+    profile.add_argument(
+        "--warmup-s", type=float, default=1, help="warm-up seconds per level (default: 1)"
+    )
+    profile.add_argument(
+        "--concurrency",
+        default="1,4,16,32,64",
+        help="closed-loop levels each trial steps through (default: 1,4,16,32,64)",
+    )
+    for knob in KNOBS:
+        profile.add_argument(
+            "--" + knob.replace("_", "-"),
+            metavar="A,B",
+            help="values to search (default: a range suited to --cores)",
+        )
+    profile.add_argument("--protocol", choices=PROTOCOLS, default="predict")
+    profile.add_argument("--rows", type=int, default=1, help="rows per request (default: 1)")
+    profile.add_argument("--seed", type=int, default=0, help="Optuna's seed (default: 0)")
+    profile.add_argument(
+        "--apply",
+        action="store_true",
+        help="write the best config into the model's folder (the previous kept as a backup)",
+    )
+    profile.add_argument(
+        "--server",
+        help="with --apply: ask this server (URL) to load it; it needs --control-api open, or "
+        "token with INSCALE_CONTROL_TOKEN set here too",
+    )
+
+
 def _add_setting_flag(
     parser: argparse.ArgumentParser, *names: str, **kwargs: Any
 ) -> argparse.Action | None:
@@ -136,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
             return _list_models(args.repository)
         if args.command == "optimize":
             return _optimize(args)
+        if args.command == "profile":
+            return _profile(args)
+        if args.command == "plan":
+            from inscale.plan import command as plan_command
+
+            return plan_command.run(args)
         return _serve(CliApp.run(ServerSettings, cli_args=args, cli_settings_source=flags))
     except ValidationError as exc:
         print(_invalid(exc), file=sys.stderr)
@@ -172,6 +257,46 @@ def _optimize(args: argparse.Namespace) -> int:
         print(f"installed {installed['variant']} as version {installed['version']}{where}")
     print(f"wrote {args.out}")
     return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from inscale.profile import command as profile_command
+    from inscale.profile.space import parse_values
+
+    try:
+        options = profile_command.Options(
+            model_dir=args.model_dir,
+            out=args.out,
+            version=args.version,
+            cores=None if args.cores is None else profile_command.parse_cores(args.cores),
+            load_cores=None
+            if args.load_cores is None
+            else profile_command.parse_cores(args.load_cores),
+            slo_p99_ms=args.slo_p99_ms,
+            strategy=args.strategy,
+            budget_s=args.budget_s,
+            trial_s=args.trial_s,
+            warmup_s=args.warmup_s,
+            concurrency=[int(v) for v in parse_values(args.concurrency, "concurrency")],
+            space={
+                knob: parse_values(getattr(args, knob), knob)
+                for knob in KNOBS
+                if getattr(args, knob) is not None
+            },
+            protocol=args.protocol,
+            rows=args.rows,
+            seed=args.seed,
+            apply=args.apply,
+            server=args.server,
+            token=os.environ.get("INSCALE_CONTROL_TOKEN") or None,
+        )
+        results = profile_command.run(options)
+    except InscaleError as exc:
+        print(f"inscale profile: {exc.message}", file=sys.stderr)
+        return 2
+    print(profile_command.summary_text(results))
+    print(f"wrote {args.out}")
+    return 130 if results["stopped"] == "interrupted" else 0
 
 
 def _invalid(exc: ValidationError) -> str:

@@ -23,8 +23,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inscale.errors import InscaleError, quoted
+from inscale.model_folder import ToolError, ask_server_to_load, version_file
 from inscale.models.config import ModelConfig, load_model_config
 from inscale.models.repository import MODEL_FILENAME
 from inscale.optimize.measure import ALONE, EVAL_BATCH
@@ -45,7 +44,7 @@ SYNTHETIC_ROWS = 256
 CUDA = "CUDAExecutionProvider"
 
 
-class OptimizeError(InscaleError):
+class OptimizeError(ToolError):
     """What `inscale optimize` was asked cannot be done; nothing was written."""
 
 
@@ -98,7 +97,10 @@ class Report:
 
 def run(options: Options) -> Report:
     model_dir = options.model_dir
-    version, source = _source(model_dir, options.version)
+    try:
+        version, source = version_file(model_dir, options.version)
+    except ToolError as exc:
+        raise OptimizeError(exc.message) from exc
     config = _config(model_dir)
     try:
         session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
@@ -126,24 +128,6 @@ def run(options: Options) -> Report:
         report.installed = install(options, report, model_dir)
         _write_report(options.out, report)
     return report
-
-
-def _source(model_dir: Path, version: int | None) -> tuple[int, Path]:
-    if not model_dir.is_dir():
-        raise OptimizeError(f"model folder {quoted(str(model_dir))} does not exist")
-    versions = sorted(
-        int(p.name)
-        for p in model_dir.iterdir()
-        if p.name.isdigit() and (p / MODEL_FILENAME).is_file()
-    )
-    if not versions:
-        raise OptimizeError(
-            f"model folder {quoted(str(model_dir))} has no version folder with {MODEL_FILENAME}"
-        )
-    chosen = versions[-1] if version is None else version
-    if chosen not in versions:
-        raise OptimizeError(f"model folder {quoted(str(model_dir))} has no version {chosen}")
-    return chosen, model_dir / str(chosen) / MODEL_FILENAME
 
 
 def _config(model_dir: Path) -> ModelConfig:
@@ -409,30 +393,9 @@ def install(options: Options, report: Report, model_dir: Path) -> dict[str, Any]
         raise
     installed: dict[str, Any] = {"variant": chosen.variant, "version": version, "loaded": False}
     if options.server is not None:
-        _load(options.server, model_dir.name, options.token)
+        ask_server_to_load(options.server, model_dir.name, options.token, "installed")
         installed["loaded"] = True
     return installed
-
-
-def _load(server: str, name: str, token: str | None) -> None:
-    # The standard library's client: the server's own dependencies have no HTTP client.
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    url = f"{server.rstrip('/')}/v2/repository/models/{name}/load"
-    request = urllib.request.Request(url, data=b"{}", headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=300):
-            return
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
-        raise OptimizeError(
-            f"installed, but the server refused to load it ({exc.code}): {body}"
-        ) from exc
-    except (urllib.error.URLError, OSError) as exc:
-        raise OptimizeError(
-            f"installed, but the server at {server} could not be asked to load it: {exc}"
-        ) from exc
 
 
 def token_from_env() -> str | None:
