@@ -374,3 +374,16 @@ def test_many_trials_get_a_colour_bar_instead_of_a_legend(tmp_path: Path) -> Non
     assert {p.name for p in written} >= PLOTS
     assert_real_image(tmp_path / "frontier.png")
     assert_real_image(tmp_path / "rows_per_run.png")
+
+
+def test_levels_with_no_model_run_do_not_break_the_plots(tmp_path: Path) -> None:
+    """A window with no model run reads rows 0 and compute 0: no log axis of zero, no crash."""
+    data = results()
+    for lv in data["trials"][0]["levels"]:
+        lv.update(rows_per_run=0.0, compute_ms=0.0)
+
+    written = write_report(tmp_path, data)
+
+    assert {p.name for p in written} >= PLOTS
+    assert_real_image(tmp_path / "compute_scaling.png")
+    assert_real_image(tmp_path / "rows_per_run.png")

@@ -94,7 +94,7 @@ def frontier_plot(results: dict[str, Any], path: Path) -> bool:
         axes.axvline(slo, color="red", linestyle=":", label=f"SLO p99 {plain_number(slo)} ms")
     )
     _label_best_and_default(axes, results)
-    if max(p99s) / max(min(p99s), 1e-9) > _WIDE:
+    if _wide(p99s, _WIDE):
         _log(axes, "x")
     axes.set_xlabel("p99 latency (ms, client side)")
     axes.set_ylabel("throughput (requests / s)")
@@ -135,7 +135,7 @@ def best_plot(results: dict[str, Any], path: Path) -> bool:
         bottom.plot(best["concurrency"], best["p99_ms"], "*", color="gold", ms=14, mec="black")
     bottom.axhline(slo, color="red", linestyle=":", label=f"SLO {plain_number(slo)} ms")
     p99s = [lv["p99_ms"] for t, _, _ in shown for lv in t["levels"]]
-    if max(p99s) / max(min(p99s), 1e-9) > _WIDE:
+    if _wide(p99s, _WIDE):
         _log(bottom, "y")
     _concurrency_axis(bottom, [lv["concurrency"] for t, _, _ in shown for lv in t["levels"]])
     top.tick_params(labelbottom=False)
@@ -174,7 +174,7 @@ def rows_plot(results: dict[str, Any], path: Path) -> bool:
     for size in sorted({int(t["config"]["max_batch_size"]) for t in trials}):
         axes.axhline(size, color="gray", linestyle=":", linewidth=0.8)
     _concurrency_axis(axes, [lv["concurrency"] for t in trials for lv in t["levels"]])
-    if max(every) / max(min(every), 1e-9) > 8:
+    if _wide(every, 8):
         _log(axes, "y", base=2)
     else:
         axes.set_ylim(bottom=0)
@@ -221,7 +221,8 @@ def compute_plot(results: dict[str, Any], path: Path) -> bool:
         (int(t["config"]["intra_op_threads"]), lv["rows_per_run"], lv["compute_ms"])
         for t in ok_trials(results)
         for lv in t["levels"]
-        if lv.get("rows_per_run") is not None and lv.get("compute_ms") is not None
+        # A level with no model run in its window (rows 0) has no cost per run to show.
+        if (lv.get("rows_per_run") or 0) > 0 and lv.get("compute_ms") is not None
     ]
     if not points:
         return False
@@ -240,7 +241,7 @@ def compute_plot(results: dict[str, Any], path: Path) -> bool:
     ends = [min(rows), max(rows)]
     proportional = [first[2] * r / first[1] for r in ends]
     axes.plot(ends, proportional, ":", color="gray", label="proportional to rows")
-    if max(rows) / max(min(rows), 1e-9) > _WIDE:
+    if _wide(rows, _WIDE):
         _log(axes, "x")
         _log(axes, "y")
     else:
@@ -350,6 +351,11 @@ def _concurrency_axis(axes: "Axes", levels: Iterable[int]) -> None:
         _log(axes, "x", base=2)
     axes.set_xticks(ticks, [str(c) for c in ticks])
     axes.set_xticks([], minor=True)
+
+
+def _wide(values: Sequence[float], ratio: float) -> bool:
+    """True when the values span more than `ratio` and can go on a log axis (all above 0)."""
+    return min(values) > 0 and max(values) / min(values) > ratio
 
 
 def _values(levels: Sequence[dict[str, Any]], key: str) -> list[float]:
