@@ -145,8 +145,9 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
                 if config is None:
                     break
                 spent = spent_before + time.monotonic() - started
-                startup = _mean_startup(trials)
-                if spent + trial_cost_s(setup, startup) > options.budget_s:
+                # The defaults are measured whatever the budget: without them there is
+                # nothing to compare with. After that a trial starts only if it can end in time.
+                if trials and spent + _next_trial_s(setup, trials) > options.budget_s:
                     stopped = "budget"
                     break
                 trial_id = len(trials) + 1
@@ -246,9 +247,14 @@ def score(trial: dict[str, Any]) -> float:
     return float(best["rps"]) if best else 0.0
 
 
-def _mean_startup(trials: list[dict[str, Any]]) -> float:
+def _next_trial_s(setup: Setup, trials: list[dict[str, Any]]) -> float:
+    """The next trial's expected length: the longest so far (every level run), or the
+    formula's estimate from the measured start-up."""
+    full = [t["elapsed_s"] for t in trials if len(t["levels"]) == len(setup.concurrency)]
+    if full:
+        return float(max(full))
     startups = [t["startup_s"] for t in trials if t.get("startup_s")]
-    return sum(startups) / len(startups) if startups else _STARTUP_GUESS_S
+    return trial_cost_s(setup, max(startups, default=_STARTUP_GUESS_S))
 
 
 def _keep_log(work: Path, logs: Path, trial_id: int) -> None:

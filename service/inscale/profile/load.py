@@ -15,11 +15,15 @@ the autoscaler's in-flight target.
 
 import asyncio
 import contextlib
+import signal
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
+
+T = TypeVar("T")
 
 _HEAD_END = b"\r\n\r\n"
 _CONNECT_TIMEOUT_S = 5.0
@@ -170,6 +174,27 @@ async def run_load(
                 opened.close()
     latencies = np.asarray(clock.latencies, dtype=np.float64) / 1e6
     return LoadResult(concurrency, window_s, clock.requests, clock.errors, latencies)
+
+
+def run_interruptibly(loop: asyncio.AbstractEventLoop, load: Coroutine[Any, Any, T]) -> T:
+    """Run `load` on `loop`; Ctrl-C cancels it and comes out as KeyboardInterrupt.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be, and inside a
+    protocol callback the event loop reports it as a transport error and carries on; so while
+    the loop runs, SIGINT cancels the load task instead (its connections close on the way out).
+    """
+    task = loop.create_task(load)
+
+    def cancel(_signum: int, _frame: object) -> None:
+        loop.call_soon_threadsafe(task.cancel)
+
+    previous = signal.signal(signal.SIGINT, cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

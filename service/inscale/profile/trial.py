@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inscale.models.config import ModelConfig
-from inscale.profile.load import LoadResult, http_request, run_load
+from inscale.profile.load import LoadResult, http_request, run_interruptibly, run_load
 from inscale.profile.payload import Payload
 from inscale.profile.servers import HOST, ServerFailed, Servers, prepare_repository
 from inscale.profile.space import Config, model_config_with
@@ -85,9 +85,8 @@ def run_trial(
         rss = 0.0
         for concurrency in setup.concurrency:
             before = server.model_totals(setup.model_dir.name)
-            result = loop.run_until_complete(
-                run_load(HOST, server.port, request, concurrency, setup.warmup_s, setup.trial_s)
-            )
+            load = run_load(HOST, server.port, request, concurrency, setup.warmup_s, setup.trial_s)
+            result = run_interruptibly(loop, load)
             server.check_alive()
             after = server.model_totals(setup.model_dir.name)
             rss = max(rss, server.resident_mb())
