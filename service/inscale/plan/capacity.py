@@ -45,9 +45,14 @@ MEMORY_MARGIN = 1.25
 # pass --memory-limit-factor 1 for Guaranteed QoS (e.g. the kubelet's static CPU manager).
 MEMORY_LIMIT_FACTOR = 1.5
 MEMORY_STEP_MI = 64
+# A level within this share of the best throughput is at capacity: the difference is inside
+# the noise of a few seconds' run on a shared machine.
+KNEE_SHARE = 0.95
 
 
 def within_slo(level: Level, slo_p99_ms: float) -> bool:
+    if level.p99_ms is None:  # no answer in the window: nothing met anything
+        return False
     return level.p99_ms <= slo_p99_ms and level.errors <= ERROR_BUDGET * level.requests
 
 
@@ -71,10 +76,16 @@ def capacity_of(trial: Trial, slo_p99_ms: float) -> Capacity | None:
     feasible = [level for level in trial.levels if within_slo(level, slo_p99_ms)]
     if not feasible:
         return None
-    # Highest throughput; among equals the lower concurrency (less in flight for the same rate).
     best = max(feasible, key=lambda level: (level.rps, -level.concurrency))
+    # The knee: the fewest requests in flight that already give (nearly) all of it. Past it a
+    # closed loop only adds queueing, so it is the in-flight figure to scale out at.
+    knee = min(
+        (level for level in feasible if level.rps >= KNEE_SHARE * best.rps),
+        key=lambda level: level.concurrency,
+    )
+    assert best.p99_ms is not None  # within_slo saw it
     return Capacity(
-        trial.id, trial.config, trial.is_default, best.concurrency, best.rps, best.p99_ms,
+        trial.id, trial.config, trial.is_default, knee.concurrency, best.rps, best.p99_ms,
         trial.rss_mb,
     )  # fmt: skip
 
@@ -187,13 +198,13 @@ def plan(results: Results, inputs: Inputs) -> Plan:
 
 def _infeasible(results: Results, slo_p99_ms: float) -> str:
     ok = [t for t in results.trials if t.status == "ok"]
-    measured = [(level, t.id) for t in ok for level in t.levels]
+    measured = [(level, t.id) for t in ok for level in t.levels if level.p99_ms is not None]
     if not measured:
         return (
             f"no trial of the results measured any level ({len(results.trials)} trials, "
             f"{len(ok)} ok): nothing to plan from"
         )
-    level, trial = min(measured, key=lambda pair: pair[0].p99_ms)
+    level, trial = min(measured, key=lambda pair: pair[0].p99_ms or 0.0)
     return (
         f"no measured level meets a p99 of {slo_p99_ms:g} ms with at most "
         f"{ERROR_BUDGET:.1%} errors: the lowest p99 seen was {level.p99_ms:g} ms (trial "

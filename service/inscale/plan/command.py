@@ -17,6 +17,7 @@ from inscale.plan import overlay
 from inscale.plan.capacity import (
     DEFAULT_HEADROOM,
     DEFAULT_LB_EFFICIENCY,
+    KNEE_SHARE,
     MEMORY_LIMIT_FACTOR,
     MEMORY_MARGIN,
     MIN_REPLICAS,
@@ -108,8 +109,9 @@ def table(p: Plan) -> str:
     default = "the model's own config" if c.is_default else "not the model's own config"
     rows = [
         ("config", f"trial {c.trial}: {knobs(c.config)} ({default})"),
-        ("capacity per replica", f"{c.rps:,.0f} req/s at concurrency {c.concurrency} "
-         f"(p99 {c.p99_ms:g} ms; profiled against {p.profile_slo_p99_ms:g} ms)"),
+        ("capacity per replica", f"{c.rps:,.0f} req/s (p99 {c.p99_ms:g} ms; profiled against "
+         f"{p.profile_slo_p99_ms:g} ms), reached from {c.concurrency} in flight (the knee: "
+         f"the fewest with {KNEE_SHARE:.0%} of it)"),
         ("headroom", f"{i.headroom:g}: a replica is planned at {1 - i.headroom:.0%} of capacity"),
         ("load balancing", f"{i.lb_efficiency:g} of N x one replica"),
         ("replicas", formula(p)),
@@ -127,9 +129,9 @@ def table(p: Plan) -> str:
     head = f"{p.model} version {p.version}: {i.rps:,.0f} req/s under a p99 of {i.slo_p99_ms:g} ms"
     lines = [head, ""] + [f"{name:<{width}}  {text}" for name, text in rows]
     if len(p.candidates) > 1:
-        lines += ["", "feasible configs, best first (trial: capacity at concurrency, p99):"]
+        lines += ["", "feasible configs, best first (trial: capacity, knee, p99):"]
         lines += [
-            f"  {x.trial}: {x.rps:,.0f} req/s at {x.concurrency}, {x.p99_ms:g} ms  "
+            f"  {x.trial}: {x.rps:,.0f} req/s from {x.concurrency} in flight, {x.p99_ms:g} ms  "
             f"{knobs(x.config)}"
             for x in p.candidates
         ]

@@ -25,7 +25,7 @@ class Level(_Read):
     requests: int = Field(ge=0)
     errors: int = Field(ge=0)
     rps: float = Field(ge=0)
-    p99_ms: float = Field(ge=0)
+    p99_ms: float | None = Field(ge=0)  # None: no answer in the window
 
 
 class Trial(_Read):
