@@ -29,7 +29,7 @@ CORE = str(min(os.sched_getaffinity(0)))
 # Two configs: the folder's own max_batch_size 4 and 16; one value of every other knob.
 TINY = [
     "--max-batch-size", "16", "--max-queue-delay-ms", "0", "--instances", "1",
-    "--intra-op-threads", "1", "--workers", "1", "--cores", CORE,
+    "--intra-op-threads", "1", "--workers", "1", "--cores", CORE, "--confirm-rounds", "2",
     "--concurrency", "1,32", "--trial-s", "0.6", "--warmup-s", "0.2",
 ]  # fmt: skip
 
@@ -147,6 +147,20 @@ def test_best_default_and_frontier_follow_from_the_trials(applied: dict[str, Any
     summary = applied["done"].stdout
     ratio = results["best"]["rps"] / results["default"]["rps"]
     assert f"best is {ratio:.2f}x" in summary
+    check = results["confirmation"]
+    if results["best"]["trial"] == results["default"]["trial"]:
+        assert check is None  # nothing to compare
+    else:
+        # Both servers again, two interleaved rounds at the best's concurrency.
+        assert check["concurrency"] == results["best"]["concurrency"]
+        assert len(check["rounds"]) == 2
+        ratios = sorted(r["best_rps"] / r["default_rps"] for r in check["rounds"])
+        assert check["ratio"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
+        assert f"{check['ratio']:.2f}x the default" in summary
+        assert (
+            "Measured again side by side (2 interleaved rounds"
+            in (applied["out"] / "report.md").read_text()
+        )
 
 
 def test_the_report_plots_csv_and_config_are_written(applied: dict[str, Any]) -> None:
@@ -188,7 +202,8 @@ def test_apply_keeps_a_backup_and_the_running_server_loads_the_best_config(
 def test_an_interrupted_sweep_stops_its_servers_and_resumes(tmp_path: Path) -> None:
     model = digits_with_batch_4(tmp_path)
     out = tmp_path / "out"
-    args = [*TINY[:-6], "--concurrency", "1", "--trial-s", "4", "--warmup-s", "0"]
+    args = [*TINY[:-6], "--confirm-rounds", "0", "--concurrency", "1", "--trial-s", "2.5"]
+    args += ["--warmup-s", "0"]
     sweep = subprocess.Popen(
         [sys.executable, "-m", "inscale", "profile", str(model), "--out", str(out), *args],
         stdout=subprocess.PIPE,

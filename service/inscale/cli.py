@@ -171,6 +171,13 @@ def _add_profile(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     profile.add_argument("--rows", type=int, default=1, help="rows per request (default: 1)")
     profile.add_argument("--seed", type=int, default=0, help="Optuna's seed (default: 0)")
     profile.add_argument(
+        "--confirm-rounds",
+        type=int,
+        default=4,
+        help="at the end, measure the best config against the defaults in this many "
+        "interleaved rounds (0: off; default: 4)",
+    )
+    profile.add_argument(
         "--apply",
         action="store_true",
         help="write the best config into the model's folder (the previous kept as a backup)",
@@ -286,6 +293,7 @@ def _profile(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             rows=args.rows,
             seed=args.seed,
+            confirm_rounds=args.confirm_rounds,
             apply=args.apply,
             server=args.server,
             token=os.environ.get("INSCALE_CONTROL_TOKEN") or None,

@@ -8,6 +8,7 @@ is written; at the end results.json, the report and its plots, and config.yaml f
 config (`--apply` installs it in the model's folder, keeping the previous one).
 """
 
+import asyncio
 import datetime
 import json
 import math
@@ -28,6 +29,7 @@ from inscale.errors import InscaleError
 from inscale.model_folder import ToolError, ask_server_to_load, version_file
 from inscale.models.config import CONFIG_FILENAMES, ModelConfig, find_config_file, load_model_config
 from inscale.profile import checkpoint
+from inscale.profile.confirm import confirm
 from inscale.profile.load import new_event_loop
 from inscale.profile.payload import build_payload
 from inscale.profile.search import History, choose
@@ -60,6 +62,7 @@ class Options:
     protocol: str = "predict"
     rows: int = 1
     seed: int = 0
+    confirm_rounds: int = 4
     apply: bool = False
     server: str | None = None
     token: str | None = None
@@ -117,6 +120,7 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
     started = time.monotonic()
     spent_before = sum(t.get("elapsed_s", 0.0) for t in trials)
     stopped = "done"
+    confirmation: dict[str, Any] | None = None
     own_affinity = os.sched_getaffinity(0)
     work = Path(tempfile.mkdtemp(prefix="inscale-profile-"))
     logs = options.out / "logs"
@@ -147,7 +151,8 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
                 spent = spent_before + time.monotonic() - started
                 # The defaults are measured whatever the budget: without them there is
                 # nothing to compare with. After that a trial starts only if it can end in time.
-                if trials and spent + _next_trial_s(setup, trials) > options.budget_s:
+                ahead = _next_trial_s(setup, trials) + _confirm_s(setup, trials, options)
+                if trials and spent + ahead > options.budget_s:
                     stopped = "budget"
                     break
                 trial_id = len(trials) + 1
@@ -160,6 +165,9 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
                 trials.append(record)
                 checkpoint.save(options.out, identity, trials)
                 show.trial_done(record, trials)
+            spent = spent_before + time.monotonic() - started
+            if spent + _confirm_s(setup, trials, options) <= options.budget_s:
+                confirmation = _confirm(options, setup, trials, servers, loop, progress)
     except KeyboardInterrupt:
         stopped = "interrupted"
         print("\ninterrupted: every server stopped; run again to resume", file=progress)
@@ -172,6 +180,7 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
     results.update(strategy=strategy.name, elapsed_s=round(elapsed, 1), stopped=stopped)
     results["trials"] = trials
     summarize(results)
+    results["confirmation"] = confirmation
     payload_note = {"rows_source": payload.source, "path": payload.path}
     results["request"] = payload_note
     _write(options.out, results, model)
@@ -217,6 +226,8 @@ def _check_levels(options: Options) -> None:
         raise ToolError("--trial-s and --budget-s must be positive, --warmup-s not negative")
     if options.rows < 1:
         raise ToolError("--rows must be at least 1")
+    if options.confirm_rounds < 0:
+        raise ToolError("--confirm-rounds must be 0 (off) or more")
 
 
 def _with(space: Space, config: Config) -> Space:
@@ -255,6 +266,46 @@ def _next_trial_s(setup: Setup, trials: list[dict[str, Any]]) -> float:
         return float(max(full))
     startups = [t["startup_s"] for t in trials if t.get("startup_s")]
     return trial_cost_s(setup, max(startups, default=_STARTUP_GUESS_S))
+
+
+def _confirm_s(setup: Setup, trials: list[dict[str, Any]], options: Options) -> float:
+    """What the side-by-side check at the end will take: two start-ups, two turns a round."""
+    if options.confirm_rounds == 0:
+        return 0.0
+    startups = [t["startup_s"] for t in trials if t.get("startup_s")]
+    startup = max(startups, default=_STARTUP_GUESS_S)
+    return 2 * startup + options.confirm_rounds * 2 * (setup.warmup_s + setup.trial_s + 0.2)
+
+
+def _confirm(
+    options: Options,
+    setup: Setup,
+    trials: list[dict[str, Any]],
+    servers: Servers,
+    loop: asyncio.AbstractEventLoop,
+    progress: TextIO,
+) -> dict[str, Any] | None:
+    """Best against default, interleaved, when they differ (`confirm.py` says why)."""
+    ranked: dict[str, Any] = {"trials": trials}
+    summarize(ranked)
+    best, default = ranked["best"], ranked["default"]
+    if options.confirm_rounds == 0 or best is None or default is None:
+        return None
+    if best["trial"] == default["trial"]:
+        return None
+    print(
+        f"confirming: trial {best['trial']} against the defaults (trial {default['trial']}), "
+        f"{options.confirm_rounds} interleaved rounds at concurrency {best['concurrency']}",
+        file=progress,
+    )
+    checked = confirm(setup, best, default, options.confirm_rounds, servers, loop)
+    if checked.get("ratio") is not None:
+        print(
+            f"confirmed: {checked['best_rps']:.0f} against {checked['default_rps']:.0f} req/s, "
+            f"{checked['ratio']:.2f}x (median of the rounds' ratios)",
+            file=progress,
+        )
+    return checked
 
 
 def _keep_log(work: Path, logs: Path, trial_id: int) -> None:
@@ -475,4 +526,10 @@ def summary_text(results: dict[str, Any]) -> str:
     else:
         ratio = best["rps"] / default["rps"] if default["rps"] else math.inf
         lines.append(f"default config: {default['rps']:.0f} req/s; best is {ratio:.2f}x")
+        check = results.get("confirmation")
+        if check and check.get("ratio") is not None:
+            lines.append(
+                f"side by side, {len(check['rounds'])} interleaved rounds: "
+                f"{check['ratio']:.2f}x the default"
+            )
     return "\n".join(lines)

@@ -210,7 +210,30 @@ def _answer(results: dict[str, Any]) -> str:
     )
     return (
         f"{found} That is **{ratio:.2f}x the default**, {_point(default, results)}. "
-        f"It changes {changes}."
+        f"It changes {changes}.{_confirmed(results)}"
+    )
+
+
+def _confirmed(results: dict[str, Any]) -> str:
+    """The side-by-side check's verdict, which weighs more than two runs minutes apart."""
+    check = results.get("confirmation")
+    if not check:
+        return ""
+    if check.get("ratio") is None:
+        return f" The side-by-side check did not complete: {check.get('error', 'no rounds')}."
+    ratio = check["ratio"]
+    verdict = (
+        "the gain holds"
+        if ratio >= 1.05
+        else "within the noise of short runs: the default is as good"
+        if ratio > 0.95
+        else "the default was faster this time: the sweep's gain was noise"
+    )
+    return (
+        f" Measured again side by side ({len(check['rounds'])} interleaved rounds at "
+        f"concurrency {check['concurrency']}): {_rps(check['best_rps'])} against "
+        f"{_rps(check['default_rps'])} req/s, **{ratio:.2f}x** (median of the rounds' "
+        f"ratios): {verdict}."
     )
 
 
