@@ -54,6 +54,7 @@ def _model_detail(model: ModelVersion) -> dict[str, Any]:
             "max_starvation_ms": batching.max_starvation_ms,
         },
         "admission": model.admission_report(),
+        "drift": model.drift_report(),
         "instances": model.config.instances,
         "timeout_ms": model.config.timeout_ms,
         "stats": {

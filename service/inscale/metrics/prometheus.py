@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from inscale.metrics.drift import DriftGauges
 from inscale.metrics.gpu import gpu_collector
 from inscale.metrics.model import ModelMetrics
 from inscale.metrics.process import ProcessPublisher, WorkerRoster
@@ -161,6 +162,7 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self._state = StateGauges(registry)
+        self._drift = DriftGauges(registry)
         if multiprocess_dir is None:
             ProcessCollector(registry=registry)
             GCCollector(registry=registry)
@@ -211,6 +213,7 @@ class Metrics:
     def sample(self, models: ModelRegistry) -> None:
         """Refresh this process's current values from the batchers and the registry."""
         self._state.sample(models)
+        self._drift.sample(models)
         if self._process is not None:
             self._process.publish()
 

@@ -149,6 +149,36 @@ class RuntimeConfig(_Strict):
     execution_mode: Literal["sequential", "parallel"] = "sequential"
 
 
+class DriftConfig(_Strict):
+    """Input and output drift against the model's reference profile (drift_reference.json)."""
+
+    enabled: bool = Field(
+        default=True, description="Monitor drift when the model has a reference profile."
+    )
+    sample: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Share of served rows compared with the reference; the copy is all the "
+        "request path pays, the binning runs in the background once a second.",
+    )
+    window_s: float = Field(
+        default=600, gt=0, le=7 * 86400, description="Length of the sliding window scored."
+    )
+    features: Literal["all"] | list[str] = Field(
+        default="all",
+        description="Input features to monitor: all, or a list of input names (every column) "
+        "and feature names such as input[3].",
+    )
+    top_k: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="Input features exported by name: the k with the highest PSI. The worst "
+        "and the mean over all monitored features are exported as well.",
+    )
+
+
 VersionPolicy = Literal["latest", "all"] | list[int]
 
 
@@ -181,6 +211,7 @@ class ModelConfig(_Strict):
         default="latest", description="Which numbered versions to serve: latest, all, or a list."
     )
     warmup: bool = Field(default=True, description="Run every preferred batch size at load.")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def provider_specs(self) -> list[ProviderConfig] | None:
         if self.providers is None:

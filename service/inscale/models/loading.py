@@ -5,7 +5,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inscale.batch_arrays import PadRule
-from inscale.errors import ConfigError
+from inscale.drift import reference
+from inscale.drift.monitor import DriftMonitor
+from inscale.errors import ConfigError, InscaleError
 from inscale.events import ModelEvents
 from inscale.models.config import ModelConfig
 from inscale.models.session import open_session
@@ -33,7 +35,8 @@ def load_version(
     sessions = [open_session(path, config.runtime, requested) for _ in range(config.instances)]
     signature = signature_of(sessions[0].inner)
     pads = _pad_rules(name, signature, config)
-    model = ModelVersion(name, version, config, sessions, signature, pads, metrics)
+    drift, note = _drift(name, version, path, config, signature)
+    model = ModelVersion(name, version, config, sessions, signature, pads, metrics, drift, note)
     if config.warmup:
         model.warm_up()
     log.info(
@@ -44,6 +47,28 @@ def load_version(
         "on" if model.batching else "off",
     )
     return model
+
+
+def _drift(
+    name: str, version: int, path: Path, config: ModelConfig, signature: Signature
+) -> tuple[DriftMonitor | None, str | None]:
+    """The version's drift monitor, or None and why. A reference that is missing means no
+    drift; one that is broken is logged as a warning naming the file, and the model serves
+    without drift rather than not at all."""
+    if not config.drift.enabled:
+        return None, "drift.enabled is false in the model's config"
+    if config.drift.sample == 0:
+        return None, "drift.sample is 0 in the model's config"
+    found = reference.find(path.parent.parent, version)
+    if found is None:
+        return None, f"no {reference.REFERENCE_FILE} in the model's folder"
+    try:
+        monitor = DriftMonitor(reference.load(found, signature), config.drift, seed=version)
+    except (InscaleError, ValueError) as exc:
+        why = exc.message if isinstance(exc, InscaleError) else str(exc)
+        log.warning("model %s version %d: drift is off: %s", name, version, why)
+        return None, why
+    return monitor, None
 
 
 def _pad_rules(name: str, signature: Signature, config: ModelConfig) -> list[PadRule]:

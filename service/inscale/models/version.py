@@ -18,6 +18,7 @@ from inscale import batch_arrays
 from inscale.batch_arrays import Arrays, PadRule
 from inscale.batch_events import DropReason, Load, Ran, StepTimes
 from inscale.batcher import Batcher, BatchPolicy
+from inscale.drift.monitor import DriftMonitor
 from inscale.events import Fanout, ModelEvents
 from inscale.models.config import ModelConfig
 from inscale.models.session import OrtSession
@@ -59,6 +60,8 @@ class ModelVersion:
         signature: Signature,
         pads: list[PadRule],
         metrics: ModelEvents | None,
+        drift: DriftMonitor | None = None,
+        drift_note: str | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -75,6 +78,8 @@ class ModelVersion:
             signature, signature.batchable, self.max_request_rows, {r.input: r.axis for r in pads}
         )
         self._pads = pads
+        self.drift = drift
+        self._drift_note = drift_note  # why drift is off, when it is
         self._sessions: queue.SimpleQueue[OrtSession] = queue.SimpleQueue()
         for session in sessions:
             self._sessions.put(session)
@@ -126,6 +131,8 @@ class ModelVersion:
         finally:
             self._sessions.put(session)
         t2 = time.perf_counter_ns()
+        if self.drift is not None:
+            self.drift.offer(feeds, outputs)
         results = batch_arrays.split(outputs, parts, [r.rows for r in requests], self._pads)
         t3 = time.perf_counter_ns()
         return Ran(results, StepTimes(t1 - t0, t2 - t1, t3 - t2))
@@ -134,12 +141,16 @@ class ModelVersion:
 
     def start(self) -> None:
         self.batcher.start()
+        if self.drift is not None:
+            self.drift.start()
 
     async def drain(self, timeout_s: float | None) -> bool:
         return await self.batcher.drain(timeout_s)
 
     async def close(self) -> None:
         await self.batcher.close()
+        if self.drift is not None:
+            await self.drift.close()
 
     def load(self) -> Load:
         return self.batcher.load()
@@ -159,6 +170,18 @@ class ModelVersion:
             "estimated_run_ms": {str(rows): s * 1000 for rows, s in estimates.items()},
             "admitted": stats.submitted,
             "shed": {reason.value: stats.dropped[reason] for reason in SHED_REASONS},
+        }
+
+    def drift_report(self) -> dict[str, Any]:
+        """For `GET /models/{name}`: the reference's origin and the current window's scores,
+        or why drift is off."""
+        if self.drift is None:
+            return {"enabled": False, "reason": self._drift_note or "no reference profile"}
+        return {
+            "enabled": True,
+            "sample": self.drift.config.sample,
+            "reference": self.drift.reference.describe(),
+            **self.drift.snapshot().as_json(),
         }
 
     def warm_up(self) -> None:
