@@ -18,7 +18,9 @@ from inscale.signature import Signature, TensorSpec
 
 
 def spec(name: str, onnx_type: str, shape: tuple[int | None, ...]) -> TensorSpec:
-    return TensorSpec(name, from_onnx(onnx_type), shape, tuple(None for _ in shape))
+    datatype = from_onnx(onnx_type)
+    assert datatype is not None
+    return TensorSpec(name, datatype, shape, tuple(None for _ in shape))
 
 
 SIGNATURE = Signature(
@@ -76,7 +78,10 @@ def written_reference(folder: Path) -> tuple[dict[str, Any], Reference]:
     """A reference of 2,000 normal rows, in five bins per feature, written and read back."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, 3)).astype(np.float32)
-    outputs = {"label": (x[:, 0] > 0).astype(np.int64), "score": x[:, :1] * 2}
+    outputs: dict[str, np.ndarray] = {
+        "label": (x[:, 0] > 0).astype(np.int64),
+        "score": x[:, :1] * 2,
+    }
     document = build(SIGNATURE, {"x": x}, outputs, "synthetic", "now", bin_count=5)
     path = folder / "drift_reference.json"
     path.write_text(json.dumps(document))
@@ -133,7 +138,10 @@ def test_sampling_keeps_about_its_share_and_never_more_than_the_bound(tmp_path: 
     _, ref = written_reference(tmp_path)
     monitor = DriftMonitor(ref, DriftConfig(sample=0.05, window_s=60))
     rows = np.zeros((32, 3), dtype=np.float32)
-    outputs = {"label": np.zeros(32, dtype=np.int64), "score": np.zeros((32, 1), np.float32)}
+    outputs: dict[str, np.ndarray] = {
+        "label": np.zeros(32, dtype=np.int64),
+        "score": np.zeros((32, 1), np.float32),
+    }
     for _ in range(1000):
         monitor.offer({"x": rows}, outputs)
     monitor.update()
