@@ -11,11 +11,19 @@ where 16 rounds of 2 s read 1.12x, against the same baseline within the hour.
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --model identity -c 32
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --client pa-binary
     .venv/bin/python -m loadtests.bench_ab --baseline-src ../old/service --client pa-grpc-stream
+
+With no `--baseline-src` both sides run this tree, and `--current-config` / `--baseline-config`
+give each side's model its own config.yaml: one feature on against off, e.g. drift monitoring
+on the bundled digits (which carries its reference profile):
+
+    .venv/bin/python -m loadtests.bench_ab --model digits -c 32 \
+        --baseline-config 'drift: {enabled: false}'
 """
 
 import argparse
 import csv
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +38,8 @@ from loadtests.harness.perf_analyzer import PerfAnalyzer, find_perf_analyzer
 from loadtests.harness.processes import ROOT, free_port, pinned
 from loadtests.harness.results import write_results
 from loadtests.harness.server import CURRENT, Source, check_source, inscale_server
+
+BUNDLED = ROOT / "service" / "inscale" / "bundled_models"
 
 # --client: perf_analyzer's protocol and flags, per choice (wrk is the default, on /predict).
 PERF_ANALYZER: dict[str, tuple[str, list[str]]] = {
@@ -93,12 +103,30 @@ class Turn:
         }
 
 
+def _repository(folder: Path, model: str, config: str | None) -> Path:
+    """One side's models: the benchmark's (one intra-op thread) or the bundled digits, with
+    that side's config.yaml when given."""
+    repo = folder / "models"
+    if model == "digits":
+        repo.mkdir(parents=True)
+        shutil.copytree(BUNDLED / "digits", repo / "digits")
+    else:
+        build_repository(repo, [model], 1)
+    if config is not None:
+        (repo / model / "config.yaml").write_text(config + "\n")
+    return repo
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--baseline-src", type=Path, required=True, help="its service/ folder")
-    parser.add_argument("--model", default="identity", choices=("identity", "wide"))
+    parser.add_argument(
+        "--baseline-src", type=Path, help="its service/ folder (default: this tree)"
+    )
+    parser.add_argument("--model", default="identity", choices=("identity", "wide", "digits"))
+    parser.add_argument("--current-config", help="YAML: config.yaml of the current side's model")
+    parser.add_argument("--baseline-config", help="YAML: config.yaml of the baseline's model")
     parser.add_argument("-c", "--connections", type=int, default=32)
     parser.add_argument(
         "--client",
@@ -113,14 +141,15 @@ def main() -> int:
     parser.add_argument("--client-cpu", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "ab.json")
     args = parser.parse_args()
-    sources = {"current": CURRENT, "baseline": Source.of(args.baseline_src)}
+    baseline = CURRENT if args.baseline_src is None else Source.of(args.baseline_src)
+    sources = {"current": CURRENT, "baseline": baseline}
     for source in sources.values():
         check_source(source)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="inscale-ab-") as tmp:
         work = Path(tmp)
-        repo = work / "models"
-        build_repository(repo, [args.model], 1)
+        configs = {"current": args.current_config, "baseline": args.baseline_config}
+        repos = {name: _repository(work / name, args.model, configs[name]) for name in sources}
         turn_of = Turn(args, work)
         with ExitStack() as stack:
             targets = {}
@@ -129,7 +158,7 @@ def main() -> int:
                 server = stack.enter_context(
                     inscale_server(
                         work / f"{name}.log",
-                        model_repository=repo,
+                        model_repository=repos[name],
                         cpus=[args.server_cpu],
                         source=source,
                         extra=["--grpc-port", str(grpc_port)],
@@ -168,7 +197,8 @@ def main() -> int:
         model=args.model,
         client=args.client,
         connections=args.connections,
-        baseline=str(args.baseline_src),
+        baseline=str(args.baseline_src or "this tree"),
+        configs={"current": args.current_config, "baseline": args.baseline_config},
         rows=rows,
         median_ratios=medians,
     )
