@@ -19,6 +19,10 @@ Models written under ``--out`` (default: ``service/inscale/bundled_models``)::
     <model>/samples.npz        all held-out rows (`input`) and their labels
                                (`labels`): what `inscale optimize` calibrates
                                and scores variants on by default
+    <model>/drift_reference.json
+                               the training split run through the model, binned
+                               (`inscale reference`'s format): what the server
+                               compares served rows with to report drift
 
 Both graphs take ``input`` (float32, [N, 64], raw pixel values; scaling is part
 of the graph) and return ``label`` (int64, [N]) and ``probabilities``
@@ -33,18 +37,25 @@ project's ``train`` extra, also part of ``dev``), plus onnxruntime and numpy,
 which the server needs anyway. Usage::
 
     python scripts/build_bundled_models.py [--out DIR] [--bench]
+    python scripts/build_bundled_models.py --held-out-only | --references-only
+
+The two last modes rewrite only those files and leave the committed
+model.onnx files as they are (the references run them on the training split). A reference's `made_at` is
+the build time, or SOURCE_DATE_EPOCH when set (for a byte-identical rerun).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +72,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from inscale.drift.command import outputs_of, write_reference
+from inscale.signature import signature_of
 
 SEED = 0
 TEST_SIZE = 0.25
@@ -261,6 +275,7 @@ def write_outputs(out: Path, results: list[Result], split: Split) -> None:
     )
     write_sample(out / "sample_input.json", split, results)
     write_held_out(out, split)
+    write_references(out, split, {r.name: r.onnx_bytes for r in results})
 
 
 def write_held_out(out: Path, split: Split) -> None:
@@ -268,6 +283,33 @@ def write_held_out(out: Path, split: Split) -> None:
         np.savez_compressed(
             out / spec.name / "samples.npz", **{INPUT_NAME: split.x_test, "labels": split.y_test}
         )
+
+
+def write_references(out: Path, split: Split, models: dict[str, bytes]) -> None:
+    """Each model's drift reference from the rows it was trained on: what "not drifted"
+    means for it. Held-out rows are kept for checking that they score as not drifted."""
+    rows = len(split.x_train)
+    source = (
+        f"training split of scikit-learn load_digits ({rows} rows), scripts/build_bundled_models.py"
+    )
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch) if epoch else time.time(), UTC)
+    for name, onnx_bytes in models.items():
+        session = cpu_session(onnx_bytes)
+        signature = signature_of(session)
+        inputs = {INPUT_NAME: split.x_train}
+        write_reference(
+            out / name / "drift_reference.json",
+            signature,
+            inputs,
+            outputs_of(session, signature, inputs),
+            source,
+            made_at=when.isoformat(timespec="seconds"),
+        )
+
+
+def committed_models(out: Path) -> dict[str, bytes]:
+    return {spec.name: (out / spec.name / "1" / "model.onnx").read_bytes() for spec in SPECS}
 
 
 def write_sample(path: Path, split: Split, results: list[Result]) -> None:
@@ -313,6 +355,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only write each model folder's samples.npz (no training)",
     )
     parser.add_argument(
+        "--references-only",
+        action="store_true",
+        help="only write each model folder's drift_reference.json, from its committed "
+        "model.onnx (no training)",
+    )
+    parser.add_argument(
         "--bench",
         action="store_true",
         help="also time each exported model with onnxruntime (1 thread, CPU)",
@@ -326,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.held_out_only:
         write_held_out(args.out, split)
         print(f"wrote the held-out rows into {args.out}")
+        return 0
+    if args.references_only:
+        write_references(args.out, split, committed_models(args.out))
+        print(f"wrote the drift references into {args.out}")
         return 0
 
     results = []

@@ -1,5 +1,5 @@
-"""`inscale serve`, `inscale models [DIR]`, `inscale optimize|profile MODEL_DIR`, `inscale plan
-RESULTS` and `inscale --version`.
+"""`inscale serve`, `inscale models [DIR]`, `inscale optimize|profile|reference MODEL_DIR`,
+`inscale plan RESULTS` and `inscale --version`.
 
 argparse gives the command line its shape (`--version` and the two subcommands); pydantic-settings
 adds one `serve` flag per ServerSettings field to the `serve` subparser, so a new setting is a
@@ -79,6 +79,17 @@ def _parser() -> tuple[argparse.ArgumentParser, SettingsFlags]:
     from inscale.plan import command as plan_command  # argparse only: cheap to import
 
     plan_command.add_arguments(plan)
+    reference = commands.add_parser(
+        "reference",
+        help="write a model's drift reference profile from training or validation rows",
+        description="Run the rows of --data through the model and write drift_reference.json "
+        "(quantile bins of every numeric input column, the predicted-class shares or bins of "
+        "every output) into the model's folder, where the server reads it to monitor drift.",
+    )
+    # Nothing serve does not import anyway (ONNX Runtime, numpy).
+    from inscale.drift import command as reference_command
+
+    reference_command.add_arguments(reference)
     return parser, flags
 
 
@@ -228,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             from inscale.plan import command as plan_command
 
             return plan_command.run(args)
+        if args.command == "reference":
+            from inscale.drift import command as reference_command
+
+            return reference_command.run(args)
         return _serve(CliApp.run(ServerSettings, cli_args=args, cli_settings_source=flags))
     except ValidationError as exc:
         print(_invalid(exc), file=sys.stderr)
