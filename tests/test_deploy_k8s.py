@@ -7,8 +7,6 @@ Dockerfile. The GPU overlay renders with kustomize and changes only what a GPU n
 import copy
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from support.containers import (
     unique_name,
 )
 from support.grpc_health import health_status, wait_serving
+from support.kustomize import kustomize
 from support.server import ServerProcess, running_server
 
 K8S = ROOT / "k8s"
@@ -413,18 +412,10 @@ def test_autoscaler_metric_reaches_the_server_through_the_adapter_rule(
 
 
 def render_gpu_overlay() -> list[Doc]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    rendered = kustomize(K8S / "gpu")
+    if rendered is None:
         pytest.skip("kubectl is not installed: `kubectl kustomize` renders the GPU overlay")
-    result = subprocess.run(
-        [kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone", str(K8S / "gpu")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return rendered
 
 
 def test_gpu_overlay_builds_on_every_base_manifest() -> None:

@@ -6,7 +6,6 @@ formula or of its documented constants fails a test."""
 import argparse
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from inscale.plan import command
 from inscale.plan.capacity import Inputs, capacity_of, plan
 from inscale.plan.errors import InfeasibleSlo
 from inscale.plan.results import read_results
+from support.kustomize import kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "tests" / "data" / "profile_results.json"
@@ -270,18 +270,8 @@ def render_by_hand(folder: Path) -> list[Doc]:
 
 
 def render(folder: Path) -> list[Doc]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return render_by_hand(folder)
-    result = subprocess.run(
-        [kubectl, "kustomize", "--load-restrictor=LoadRestrictionsNone", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    rendered = kustomize(folder)
+    return render_by_hand(folder) if rendered is None else rendered
 
 
 def find(docs: list[Doc], kind: str, name: str) -> Doc:

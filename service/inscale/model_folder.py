@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from inscale.errors import InscaleError, quoted
+from inscale.models.config import ModelConfig, load_model_config
 from inscale.models.repository import MODEL_FILENAME
 
 
@@ -33,6 +34,14 @@ def version_file(model_dir: Path, version: int | None) -> tuple[int, Path]:
     if chosen not in versions:
         raise ToolError(f"model folder {quoted(str(model_dir))} has no version {chosen}")
     return chosen, model_dir / str(chosen) / MODEL_FILENAME
+
+
+def read_config(model_dir: Path) -> ModelConfig:
+    """The folder's config, or a refusal that says what is wrong with it."""
+    try:
+        return load_model_config(model_dir)
+    except InscaleError as exc:
+        raise ToolError(f"the model's config cannot be read: {exc.message}") from exc
 
 
 def ask_server_to_load(server: str, name: str, token: str | None, done: str) -> None:

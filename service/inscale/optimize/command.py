@@ -31,8 +31,8 @@ import numpy as np
 import onnxruntime as ort
 
 from inscale.errors import InscaleError, quoted
-from inscale.model_folder import ToolError, ask_server_to_load, version_file
-from inscale.models.config import ModelConfig, load_model_config
+from inscale.model_folder import ToolError, ask_server_to_load, read_config, version_file
+from inscale.models.config import ModelConfig
 from inscale.models.repository import MODEL_FILENAME
 from inscale.optimize.measure import ALONE, EVAL_BATCH
 from inscale.optimize.samples import Samples, find_sample_file, load_samples
@@ -101,7 +101,7 @@ def run(options: Options) -> Report:
         version, source = version_file(model_dir, options.version)
     except ToolError as exc:
         raise OptimizeError(exc.message) from exc
-    config = _config(model_dir)
+    config = read_config(model_dir)
     try:
         session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT's own exception types: not a model it can load
@@ -128,13 +128,6 @@ def run(options: Options) -> Report:
         report.installed = install(options, report, model_dir)
         _write_report(options.out, report)
     return report
-
-
-def _config(model_dir: Path) -> ModelConfig:
-    try:
-        return load_model_config(model_dir)
-    except InscaleError as exc:
-        raise OptimizeError(f"the model's config cannot be read: {exc.message}") from exc
 
 
 def _samples(options: Options, model_dir: Path, signature: Signature) -> Samples | None:

@@ -25,9 +25,8 @@ import onnxruntime as ort
 import yaml
 
 from inscale import __version__
-from inscale.errors import InscaleError
-from inscale.model_folder import ToolError, ask_server_to_load, version_file
-from inscale.models.config import CONFIG_FILENAMES, ModelConfig, find_config_file, load_model_config
+from inscale.model_folder import ToolError, ask_server_to_load, read_config, version_file
+from inscale.models.config import CONFIG_FILENAMES, ModelConfig, find_config_file
 from inscale.profile import checkpoint
 from inscale.profile.confirm import confirm
 from inscale.profile.load import new_event_loop
@@ -85,7 +84,7 @@ def parse_cores(text: str) -> list[int]:
 def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
     """The whole sweep; returns the results as results.json holds them."""
     version, model_file = version_file(options.model_dir, options.version)
-    model = _model_config(options.model_dir)
+    model = read_config(options.model_dir)
     server_cores, load_cores = _cores(options)
     slo_ms = options.slo_p99_ms or model.latency_slo_ms or DEFAULT_SLO_MS
     _check_levels(options)
@@ -188,13 +187,6 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
         results["applied"] = apply(options, results, model)
         _write(options.out, results, model)
     return results
-
-
-def _model_config(model_dir: Path) -> ModelConfig:
-    try:
-        return load_model_config(model_dir)
-    except InscaleError as exc:
-        raise ToolError(f"the model's config cannot be read: {exc.message}") from exc
 
 
 def _cores(options: Options) -> tuple[list[int], list[int]]:

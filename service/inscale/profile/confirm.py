@@ -11,7 +11,7 @@ import asyncio
 import statistics
 from typing import Any
 
-from inscale.profile.load import http_request, run_interruptibly, run_load
+from inscale.profile.load import run_interruptibly, run_load
 from inscale.profile.servers import HOST, Server, ServerFailed, Servers, prepare_repository
 from inscale.profile.space import Config, model_config_with
 from inscale.profile.trial import Setup
@@ -40,14 +40,7 @@ def confirm(
             turn: dict[str, float] = {}
             for side in order:
                 server = started[side]
-                request = http_request(
-                    HOST,
-                    server.port,
-                    setup.payload.path,
-                    setup.payload.body,
-                    setup.payload.content_type,
-                    setup.payload.extra_headers,
-                )
+                request = setup.payload.request(HOST, server.port)
                 load = run_load(
                     HOST, server.port, request, concurrency, setup.warmup_s, setup.trial_s
                 )

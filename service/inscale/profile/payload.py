@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from inscale.optimize.samples import find_sample_file, load_samples
+from inscale.profile.load import http_request
 from inscale.signature import Signature, sample_inputs
 
 PROTOCOLS = ("predict", "v2-binary")
@@ -22,6 +23,10 @@ class Payload:
     content_type: str
     extra_headers: dict[str, str]
     source: str  # where the rows came from, for the report
+
+    def request(self, host: str, port: int) -> bytes:
+        """The whole HTTP request, built once per server and sent again and again."""
+        return http_request(host, port, self.path, self.body, self.content_type, self.extra_headers)
 
 
 def build_payload(

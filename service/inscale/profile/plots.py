@@ -12,13 +12,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inscale.profile.space import KNOBS
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 SIZE = (7.0, 4.5)  # inches: 770 x 495 px at DPI
 DPI = 110
-KNOBS = ("max_batch_size", "max_queue_delay_ms", "instances", "intra_op_threads", "workers")
 _SHORT = {
     "max_batch_size": "batch",
     "max_queue_delay_ms": "delay",
@@ -328,9 +329,9 @@ def _label_best_and_default(axes: "Axes", results: dict[str, Any]) -> None:
     marks: list[tuple[dict[str, Any], str, tuple[int, int]]] = []
     if best is not None:
         same = default is not None and default["trial"] == best["trial"]
-        marks.append((best, f"best{' = default' if same else ''} #{best['trial']}", (-12, 16)))
+        marks.append((best, f"best{' = default' if same else ''} #{best['trial']}", (-14, -24)))
     if default is not None and (best is None or default["trial"] != best["trial"]):
-        marks.append((default, f"default #{default['trial']}", (12, -22)))
+        marks.append((default, f"default #{default['trial']}", (12, -30)))
     for point, text, offset in marks:
         axes.annotate(
             text,

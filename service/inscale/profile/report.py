@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from inscale.profile import plots
-from inscale.profile.plots import KNOBS
 from inscale.profile.plots import plain_number as _plain
+from inscale.profile.space import KNOBS
 
 REPORT = "report.md"
 CSV = "results.csv"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from inscale.models.config import ModelConfig
-from inscale.profile.load import LoadResult, http_request, run_interruptibly, run_load
+from inscale.profile.load import LoadResult, run_interruptibly, run_load
 from inscale.profile.payload import Payload
 from inscale.profile.servers import HOST, ServerFailed, Servers, prepare_repository
 from inscale.profile.space import Config, model_config_with
@@ -74,14 +74,7 @@ def run_trial(
     )
     try:
         record["startup_s"] = round(server.wait_ready(), 3)
-        request = http_request(
-            HOST,
-            server.port,
-            setup.payload.path,
-            setup.payload.body,
-            setup.payload.content_type,
-            setup.payload.extra_headers,
-        )
+        request = setup.payload.request(HOST, server.port)
         rss = 0.0
         for concurrency in setup.concurrency:
             before = server.model_totals(setup.model_dir.name)
