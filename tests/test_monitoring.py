@@ -60,6 +60,8 @@ def test_every_alert_waits_and_explains() -> None:
         "InscaleErrorRatioHigh",
         "InscaleQueueSaturated",
         "InscaleMemoryNearLimit",
+        "InscaleInputDrift",
+        "InscalePredictionShift",
     } <= names
     tested = (PROMETHEUS / "tests" / "inscale-alerts.test.yml").read_text()
     for alert in alerts:
@@ -102,6 +104,13 @@ def test_panels_have_titles_units_and_the_template_variables() -> None:
     for word in ("Requests per second", "latency", "queue", "Batch size", "Memory", "CPU"):
         assert word in overview
     for word in ("by protocol", "gRPC calls by status code", "gRPC server error ratio"):
+        assert word in overview
+    for word in (
+        "Input drift",
+        "Prediction drift",
+        "Worst input features",
+        "Prediction distribution",
+    ):
         assert word in overview
     scaling = " ".join(p["title"] for p in boards["inscale-scaling.json"]["panels"])
     for word in ("Replicas", "per replica", "Latency as load grows"):

@@ -3,10 +3,10 @@
     python monitoring/grafana/build_dashboards.py
 
 Two dashboards: `inscale-overview.json` (what one looks at when paged: traffic, failures,
-HTTP and gRPC side by side, latency, batching, memory and CPU) and `inscale-scaling.json`
-(replicas, per-replica throughput, latency as load grows). Every query is run against a real
-Prometheus by tests/test_monitoring_prometheus.py; the panels here are plain Grafana JSON
-(schema 39).
+HTTP and gRPC side by side, latency, batching, memory and CPU, input and prediction drift)
+and `inscale-scaling.json` (replicas, per-replica throughput, latency as load grows). Every
+query is run against a real Prometheus by tests/test_monitoring_prometheus.py (the drift
+row's by tests/test_drift_e2e.py); the panels here are plain Grafana JSON (schema 39).
 """
 
 import json
@@ -62,9 +62,12 @@ def timeseries(
     *,
     stack: bool = False,
     overrides: list[dict[str, Any]] | None = None,
+    lines: tuple[float, ...] = (),
+    max_value: float | None = None,
 ) -> Panel:
+    """A time series panel; `lines` draws dashed threshold lines (orange, then red)."""
     x, y, w, h = pos
-    return {
+    panel: Panel = {
         "type": "timeseries",
         "title": title,
         "description": description,
@@ -89,6 +92,51 @@ def timeseries(
             "tooltip": {"mode": "multi", "sort": "desc"},
         },
         "targets": [target(q, legend, chr(65 + i)) for i, (q, legend) in enumerate(queries)],
+    }
+    defaults = panel["fieldConfig"]["defaults"]
+    if lines:
+        defaults["thresholds"] = thresholds(lines)
+        defaults["custom"]["thresholdsStyle"] = {"mode": "dashed"}
+    if max_value is not None:
+        defaults["max"] = max_value
+    return panel
+
+
+def thresholds(lines: tuple[float, ...]) -> dict[str, Any]:
+    colors = ["orange", "red"]
+    steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    steps += [{"color": colors[min(i, 1)], "value": v} for i, v in enumerate(lines)]
+    return {"mode": "absolute", "steps": steps}
+
+
+def bargauge(
+    title: str,
+    description: str,
+    unit: str,
+    expr: str,
+    legend: str,
+    pos: tuple[int, int, int, int],
+    lines: tuple[float, ...],
+) -> Panel:
+    """Horizontal bars of an instant query's current values, coloured by `lines`."""
+    x, y, w, h = pos
+    return {
+        "type": "bargauge",
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {
+            "defaults": {"unit": unit, "min": 0, "thresholds": thresholds(lines)},
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "values": False},
+            "orientation": "horizontal",
+            "displayMode": "gradient",
+            "showUnfilled": True,
+        },
+        "targets": [{**target(expr, legend, "A"), "instant": True, "range": False}],
     }
 
 
@@ -479,13 +527,113 @@ def overview() -> dict[str, Any]:
             ],
             (12, 57, 12, 8),
         ),
+        *drift_panels(65),
     ]
     return dashboard(
         "inscale-overview",
         "inscale: overview",
-        "Throughput, failures, latency percentiles, batching, memory and CPU of inscale.",
+        "Throughput, failures, latency percentiles, batching, memory, CPU and input and "
+        "prediction drift of inscale.",
         panels,
     )
+
+
+def drift_panels(y: int) -> list[Panel]:
+    """The Drift row: served rows against each model's reference profile.
+
+    Scores are the worst replica's (each scores its own window); the class mix is weighted
+    by the rows each replica sampled, as the recording rules do. Series exist only for
+    versions that carry a reference (drift_reference.json).
+    """
+    version = "{{model}} v{{version}}"
+    rows = f"inscale_drift_window_rows{{{SEL}}}"
+    share = (
+        f"sum by (model, version, output, class) (inscale_drift_prediction_share{{{SEL}}}"
+        f" * on (instance, job, model, version) group_left () {rows})"
+        f" / on (model, version) group_left () sum by (model, version) ({rows})"
+    )
+    return [
+        row("Drift", y),
+        timeseries(
+            "Input drift (worst feature PSI)",
+            "Population stability index of the served inputs against the reference, for the "
+            "worst input feature, and the mean over all features. Under 0.1 stable, 0.1 to 0.25 "
+            "a moderate change, over 0.25 a shift: InscaleInputDrift fires after 10 minutes "
+            "over 0.25 on 500 sampled rows or more (fewer rows score noise: see Drift window "
+            "rows).",
+            "none",
+            [
+                (f"max by (model, version) (inscale_drift_input_score{{{SEL}}})", version),
+                (
+                    f"max by (model, version) (inscale_drift_input_mean_psi{{{SEL}}})",
+                    version + " mean",
+                ),
+            ],
+            (0, y + 1, 8, 8),
+            lines=(0.1, 0.25),
+        ),
+        timeseries(
+            "Prediction drift (output PSI)",
+            "PSI of each output against the reference: for a classifier the predicted-class "
+            "mix, for a float output its worst column. InscalePredictionShift fires after 10 "
+            "minutes over 0.2 on 500 sampled rows or more.",
+            "none",
+            [
+                (
+                    f"max by (model, version, output) (inscale_drift_output_psi{{{SEL}}})",
+                    version + " {{output}}",
+                )
+            ],
+            (8, y + 1, 8, 8),
+            lines=(0.1, 0.2),
+        ),
+        bargauge(
+            "Worst input features now",
+            "The ten input features furthest from the reference by PSI, by name (each "
+            "replica exports its top_k, drift.top_k in the model config): where to look first "
+            "when the input score rises.",
+            "none",
+            f"topk(10, max by (model, version, feature) (inscale_drift_feature_psi{{{SEL}}}))",
+            version + " {{feature}}",
+            (16, y + 1, 8, 8),
+            lines=(0.1, 0.25),
+        ),
+        timeseries(
+            "Prediction distribution",
+            "Share of each predicted class in the drift window (class outputs; other = a class "
+            "the reference never saw), over all replicas weighted by their sampled rows. Pick "
+            "one model in the Model variable to read the stack as 100%.",
+            "percentunit",
+            [(share, version + " {{output}}={{class}}")],
+            (0, y + 9, 16, 8),
+            stack=True,
+        ),
+        timeseries(
+            "Drift window rows",
+            "Sampled rows each version's scores rest on, summed over replicas, and how much of "
+            "the window (drift.window_s) has elapsed on the slowest-starting replica. The "
+            "alerts count a replica once its window holds 500 rows (the dashed line).",
+            "short",
+            [
+                (f"sum by (model, version) ({rows})", version),
+                (
+                    f"min by (model, version) (inscale_drift_window_seconds{{{SEL}}})",
+                    version + " seconds",
+                ),
+            ],
+            (16, y + 9, 8, 8),
+            lines=(500,),
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": ".* seconds$"},
+                    "properties": [
+                        {"id": "unit", "value": "s"},
+                        {"id": "custom.axisPlacement", "value": "right"},
+                    ],
+                }
+            ],
+        ),
+    ]
 
 
 def scaling() -> dict[str, Any]:
