@@ -7,12 +7,14 @@ meets the objective, and a config whose server failed to start.
 
 import copy
 import csv
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from inscale.profile import report
 from inscale.profile.report import write_report
 
 SLO = 50.0
@@ -387,3 +389,20 @@ def test_levels_with_no_model_run_do_not_break_the_plots(tmp_path: Path) -> None
     assert {p.name for p in written} >= PLOTS
     assert_real_image(tmp_path / "compute_scaling.png")
     assert_real_image(tmp_path / "rows_per_run.png")
+
+
+def test_without_matplotlib_the_report_says_so_and_draws_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server image has no matplotlib: the sweep's report must still be written."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
+    written = report.write_report(tmp_path, results())
+    assert [p.name for p in written] == ["report.md", "results.csv"]
+    text = (tmp_path / "report.md").read_text()
+    assert "Not drawn: matplotlib is not installed" in text
+    assert not list(tmp_path.glob("*.png"))

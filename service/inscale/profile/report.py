@@ -7,6 +7,7 @@ cannot disagree.
 """
 
 import csv
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,11 +85,12 @@ def write_report(folder: Path, results: dict[str, Any]) -> list[Path]:
     written = [folder / CSV]
     write_csv(written[0], results)
     drawn: dict[str, bool] = {}
-    for plot in PLOTS:
-        drawn[plot.file] = plot.draw(results, folder / plot.file)
-        if drawn[plot.file]:
-            written.append(folder / plot.file)
-    (folder / REPORT).write_text(markdown(results, drawn))
+    if importlib.util.find_spec("matplotlib") is not None:
+        for plot in PLOTS:
+            drawn[plot.file] = plot.draw(results, folder / plot.file)
+            if drawn[plot.file]:
+                written.append(folder / plot.file)
+    (folder / REPORT).write_text(markdown(results, drawn, plotting=bool(drawn) or not PLOTS))
     return [folder / REPORT, *written]
 
 
@@ -111,8 +113,9 @@ def write_csv(path: Path, results: dict[str, Any]) -> None:
                 )
 
 
-def markdown(results: dict[str, Any], drawn: dict[str, bool]) -> str:
-    """The report's text; `drawn` says which plot files exist (file name -> drawn)."""
+def markdown(results: dict[str, Any], drawn: dict[str, bool], plotting: bool = True) -> str:
+    """The report's text; `drawn` says which plot files exist (file name -> drawn), and
+    `plotting` whether matplotlib was there to draw them (a server image has no plots)."""
     trials = results.get("trials") or []
     lines = [f"# Profile of `{results['model']}` version {results['version']}", ""]
     lines += [*_setting(results), "", "## Answer", "", _answer(results), ""]
@@ -122,7 +125,9 @@ def markdown(results: dict[str, Any], drawn: dict[str, bool]) -> str:
         lines += ["## Pareto frontier (throughput against p99)", ""]
         lines += [_frontier_table(results), ""]
     lines += ["## Plots", ""]
-    for plot in PLOTS:
+    if not plotting:
+        lines += ["Not drawn: matplotlib is not installed (`pip install 'inscale[profile]'`).", ""]
+    for plot in PLOTS if plotting else ():
         lines += [f"### {plot.title}", ""]
         if drawn.get(plot.file):
             lines += [f"![{plot.title}]({plot.file})", "", plot.read, ""]
