@@ -40,8 +40,9 @@ which the server needs anyway. Usage::
     python scripts/build_bundled_models.py --held-out-only | --references-only
 
 The two last modes rewrite only those files and leave the committed
-model.onnx files as they are (the references run them on the training split). A reference's `made_at` is
-the build time, or SOURCE_DATE_EPOCH when set (for a byte-identical rerun).
+model.onnx files as they are (the references run them on the training
+split). A reference's `made_at` is the build time, or SOURCE_DATE_EPOCH when
+set (for a byte-identical rerun).
 """
 
 from __future__ import annotations
