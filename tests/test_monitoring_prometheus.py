@@ -6,146 +6,32 @@ process on a loopback port, scraping every second with the shipped rules) scrape
 each expression of the dashboards, the recording rules and the alert rules goes through
 Prometheus's HTTP API and must return at least one series. An alert's expression is checked
 whole (it parses and runs) and without its threshold (the part before the comparison must
-return series: the alert is wired to real data, it just is not firing). GPU expressions must
-return nothing here: without a GPU the series are absent, not zero.
+return series: the alert is wired to real data, it just is not firing). GPU and drift
+expressions must return nothing here: without a GPU, or a model with a drift reference, the
+series are absent, not zero (tests/test_drift_e2e.py runs the drift ones on digits).
 """
 
 import contextlib
-import json
 import random
-import re
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import yaml
 from tritonclient.utils import InferenceServerException
 
+from support.grpc_server import free_port
+from support.prometheus import Prometheus, alerts, expressions, prometheus_binary
 from support.server import ServerProcess, running_server
 
-ROOT = Path(__file__).resolve().parent.parent
-PROMETHEUS_DIR = ROOT / "monitoring" / "prometheus"
-DASHBOARDS = ROOT / "monitoring" / "grafana" / "dashboards"
-# Grafana's variables, as "All" and a rate window that holds several 1 s scrapes.
-GRAFANA_VARIABLES = {"$model": ".*", "$instance": ".*", "$__rate_interval": "1m"}
 SETTLE_TIMEOUT_S = 45
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def expressions() -> list[tuple[str, str]]:
-    """(where it comes from, PromQL) for every panel target, recording rule and alert.
-
-    For an alert, the expression without its threshold; the whole one is in `alerts()`.
-    """
-    found = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        for panel in json.loads(path.read_text())["panels"]:
-            for target in panel.get("targets", []):
-                expr = target["expr"]
-                for name, value in GRAFANA_VARIABLES.items():
-                    expr = expr.replace(name, value)
-                found.append((f"{path.stem}: {panel['title']}", expr))
-    for path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            for rule in group["rules"]:
-                if "record" in rule:
-                    found.append((f"{path.stem}: {rule['record']}", rule["expr"]))
-                else:
-                    found.append((f"{path.stem}: {rule['alert']} (no threshold)", left_side(rule)))
-    return found
-
-
-def alerts() -> list[tuple[str, str]]:
-    path = PROMETHEUS_DIR / "rules" / "inscale-alerts.yml"
-    groups = yaml.safe_load(path.read_text())["groups"]
-    return [(rule["alert"], rule["expr"]) for group in groups for rule in group["rules"]]
-
-
-def left_side(rule: dict[str, Any]) -> str:
-    """The alert's expression up to its first comparison outside brackets and quotes."""
-    expr: str = rule["expr"]
-    depth, quoted = 0, False
-    for i, char in enumerate(expr):
-        if char == '"':
-            quoted = not quoted
-        elif not quoted and char in "([{":
-            depth += 1
-        elif not quoted and char in ")]}":
-            depth -= 1
-        elif not quoted and depth == 0 and re.match(r"\s(>|<|==|!=|>=|<=)\s", expr[i - 1 : i + 3]):
-            return expr[:i].strip()
-    raise AssertionError(f"alert {rule['alert']} has no comparison to split at: {expr}")
-
-
-class Prometheus:
-    def __init__(self, workdir: Path, target: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
-        config["rule_files"] = [str(p) for p in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))]
-        [job] = config["scrape_configs"]
-        job["static_configs"] = [{"targets": [target]}]
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = (workdir / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={workdir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.logfile = workdir / "prometheus.log"
-
-    def wait_ready(self, timeout_s: float = 30) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("prometheus did not become ready:\n" + self.logfile.read_text())
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
-        body = response.json()
-        assert body["status"] == "success", f"{expr}: {body.get('error')}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
 
 
 class Load:
@@ -197,15 +83,15 @@ class Load:
         grpc.close()
 
 
+def absent_here(expr: str) -> bool:
+    """Series this stack cannot have: no GPU, and no model of the test repository carries a
+    drift reference (tests/test_drift_e2e.py runs the drift expressions on one that does)."""
+    return "inscale_gpu_" in expr or "inscale_drift_" in expr
+
+
 @pytest.fixture(scope="module")
 def prometheus_bin() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        pytest.skip(
-            "Debian's prometheus is not installed here; `scripts/dev test` installs it "
-            "(apt-get install --no-install-recommends prometheus)"
-        )
-    return found
+    return prometheus_binary()
 
 
 @dataclass
@@ -226,7 +112,7 @@ def stack(
         prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), f"127.0.0.1:{server.port}")
         try:
             prometheus.wait_ready()
-            rest = [(w, e) for w, e in expressions() if "inscale_gpu_" not in e]
+            rest = [(w, e) for w, e in expressions() if not absent_here(e)]
             with Load(server.url, f"127.0.0.1:{grpc_port}") as load:
                 deadline = time.monotonic() + SETTLE_TIMEOUT_S
                 while True:  # the first scrapes and rule runs take seconds: poll
@@ -245,7 +131,7 @@ def test_every_shipped_expression_returns_series(stack: Stack) -> None:
     assert stack.sent > 100
     assert not stack.empty, "expressions with no series:\n" + "\n".join(stack.empty)
     for where, expr in expressions():
-        if "inscale_gpu_" in expr:  # runs (parses) but finds nothing: no GPU, no series
+        if absent_here(expr):  # runs (parses) but finds nothing: no GPU, no reference
             assert stack.prometheus.query(expr) == [], where
     for _, expr in alerts():
         stack.prometheus.query(expr)  # whole alert expressions run; firing or not is data
