@@ -168,7 +168,7 @@ class DriftConfig(_Strict):
     features: Literal["all"] | list[str] = Field(
         default="all",
         description="Input features to monitor: all, or a list of input names (every column) "
-        "and feature names such as input[3].",
+        'and feature names such as input[3] (quoted in YAML: ["input[3]"]).',
     )
     top_k: int = Field(
         default=10,
