@@ -90,6 +90,10 @@ def finish(run: subprocess.Popen[str], timeout_s: float = 30) -> str:
     return output
 
 
+def after(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f} s"
+
+
 def value(prometheus: Prometheus, expr: str) -> float:
     [sample] = prometheus.query(expr)
     return float(sample["value"][1])
@@ -133,9 +137,8 @@ def test_held_out_rows_keep_the_alert_silent_and_shifted_rows_fire_it(stack: Sta
         run.terminate()  # Locust stops its users and exits 0 on SIGTERM
     finish(run)
     print(
-        f"clean phase {shifted - started:.1f} s, worst score {clean:.3f}; shifted rows: "
-        f"score over {THRESHOLD} "
-        f"after {crossed} s, alert firing after {fired} s"
+        f"clean phase {shifted - started:.1f} s, worst score {clean:.3f}; shifted rows: score "
+        f"over {THRESHOLD} after {after(crossed)}, alert firing after {after(fired)}"
     )
     assert crossed is not None, "the input score never passed the threshold"
     assert fired is not None, f"InscaleInputDrift did not fire within {FIRE_DEADLINE_S} s"
