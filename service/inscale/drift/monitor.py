@@ -101,28 +101,39 @@ class DriftMonitor:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_rows = 0
         self._dropped = 0
+        self._gap = int(self._rng.geometric(config.sample)) - 1  # rows to pass before the next kept
         self._task: asyncio.Task[None] | None = None
         self._snapshot = self._score()
 
     # -- the request path (worker thread) --------------------------------------------------
 
     def offer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        """Keep a `sample` share of a finished batch's rows for the next update."""
+        """Keep a `sample` share of a finished batch's rows for the next update.
+
+        Each row is kept with probability `sample`, independently: the gap to the next kept
+        row is drawn from the geometric distribution, so a batch with no row to keep (most of
+        them, at 5%) costs one subtraction, and the generator is asked only once per kept row.
+        """
         rows = len(next(iter(feeds.values())))
+        if self._gap >= rows:
+            self._gap -= rows  # a race between instances only nudges the sampling rate
+            return
         with self._lock:
-            keep = int(self._rng.binomial(rows, self.config.sample))
-            if keep == 0:
+            picked = []
+            index = self._gap
+            while index < rows:
+                picked.append(index)
+                index += int(self._rng.geometric(self.config.sample))
+            self._gap = index - rows
+            if self._pending_rows + len(picked) > MAX_PENDING_ROWS:
+                self._dropped += len(picked)
                 return
-            if self._pending_rows + keep > MAX_PENDING_ROWS:
-                self._dropped += keep
-                return
-            picked = self._rng.choice(rows, keep, replace=False) if keep < rows else None
             taken = {}
             for name in self._tensors:
                 array = feeds[name] if name in feeds else outputs[name]
-                taken[name] = array.copy() if picked is None else array[picked]
+                taken[name] = array[picked]  # fancy indexing: a copy, not a view
             self._pending.append(taken)
-            self._pending_rows += keep
+            self._pending_rows += len(picked)
 
     # -- off the request path ----------------------------------------------------------------
 
