@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -38,6 +39,9 @@ from inscale.profile.space import model_config_with as knobs_into
 from inscale.profile.trial import Setup, run_trial, trial_cost_s
 from inscale.signature import Signature, signature_of
 
+# The side-by-side check must show at least this gain for the sweep's winner to replace the
+# defaults; short runs on a shared machine differ by more than that on their own.
+CONFIRM_GAIN = 0.02
 DEFAULT_SLO_MS = 50.0  # when neither the flag nor the model's latency_slo_ms gives one
 RESULTS = "results.json"
 BEST_CONFIG = "config.yaml"
@@ -138,6 +142,8 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
     )
     show = _Progress(progress, space, strategy.name, options.budget_s)
     loop = new_event_loop()
+    # SIGTERM takes Ctrl-C's way out, so its servers are stopped too.
+    terminate = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if load_cores:
             os.sched_setaffinity(0, load_cores)  # the load generator: this process
@@ -171,6 +177,7 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
         stopped = "interrupted"
         print("\ninterrupted: every server stopped; run again to resume", file=progress)
     finally:
+        signal.signal(signal.SIGTERM, terminate)
         loop.close()
         os.sched_setaffinity(0, own_affinity)
         shutil.rmtree(work, ignore_errors=True)
@@ -180,6 +187,12 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
     results["trials"] = trials
     summarize(results)
     results["confirmation"] = confirmation
+    if confirmation and confirmation.get("ratio") is not None:
+        results["sweep_best"] = results["best"]
+        if confirmation["ratio"] < 1 + CONFIRM_GAIN:
+            # Side by side the sweep's winner was no better: the defaults stay the answer
+            # (fewer processes or instances, and nothing to change).
+            results["best"] = results["default"]
     payload_note = {"rows_source": payload.source, "path": payload.path}
     results["request"] = payload_note
     _write(options.out, results, model)
@@ -520,8 +533,9 @@ def summary_text(results: dict[str, Any]) -> str:
         lines.append(f"default config: {default['rps']:.0f} req/s; best is {ratio:.2f}x")
         check = results.get("confirmation")
         if check and check.get("ratio") is not None:
+            kept = " (so the defaults stay the answer)" if best == default else ""
             lines.append(
-                f"side by side, {len(check['rounds'])} interleaved rounds: "
-                f"{check['ratio']:.2f}x the default"
+                f"side by side, {len(check['rounds'])} interleaved rounds: trial "
+                f"{check['best_trial']} at {check['ratio']:.2f}x the default{kept}"
             )
     return "\n".join(lines)

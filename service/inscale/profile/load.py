@@ -24,6 +24,8 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 T = TypeVar("T")
+# What stops a sweep: Ctrl-C, and SIGTERM (a CI job's timeout, `kill`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _HEAD_END = b"\r\n\r\n"
 _CONNECT_TIMEOUT_S = 5.0
@@ -177,7 +179,7 @@ async def run_load(
 
 
 def run_interruptibly(loop: asyncio.AbstractEventLoop, load: Coroutine[Any, Any, T]) -> T:
-    """Run `load` on `loop`; Ctrl-C cancels it and comes out as KeyboardInterrupt.
+    """Run `load` on `loop`; Ctrl-C (or SIGTERM) cancels it and comes out as KeyboardInterrupt.
 
     Python raises KeyboardInterrupt wherever the main thread happens to be, and inside a
     protocol callback the event loop reports it as a transport error and carries on; so while
@@ -188,13 +190,14 @@ def run_interruptibly(loop: asyncio.AbstractEventLoop, load: Coroutine[Any, Any,
     def cancel(_signum: int, _frame: object) -> None:
         loop.call_soon_threadsafe(task.cancel)
 
-    previous = signal.signal(signal.SIGINT, cancel)
+    previous = {stop: signal.signal(stop, cancel) for stop in STOP_SIGNALS}
     try:
         return loop.run_until_complete(task)
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -196,6 +196,13 @@ def _answer(results: dict[str, Any]) -> str:
             f"{lowest['concurrency']}): loosen `--slo-p99-ms` or give the server more cores."
         )
     if default is not None and default["trial"] == best["trial"]:
+        sweep_best = results.get("sweep_best")
+        if sweep_best and sweep_best["trial"] != best["trial"]:
+            return (
+                f"**The default config stays the answer**: {_point(best, results)}. In the "
+                f"sweep trial {sweep_best['trial']} read higher ({_rps(sweep_best['rps'])} "
+                f"req/s), but not when both ran side by side.{_confirmed(results)}"
+            )
         return (
             f"**The default config was the best found**: {_point(best, results)}. "
             f"No other config tried served more under the objective ({slo})."
