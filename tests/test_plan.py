@@ -423,3 +423,21 @@ def test_a_base_not_shaped_like_k8s_is_refused_and_nothing_is_written(
     assert code == 2
     assert f"--base {K8S / 'gpu'}: not shaped like k8s/" in err
     assert not folder.exists()
+
+
+def test_an_answer_confirmed_side_by_side_is_planned_even_if_another_read_higher(
+    tmp_path: Path,
+) -> None:
+    """A profile whose side-by-side check kept the defaults: plan sizes the defaults (trial
+    1, 4,550 req/s), not trial 3, whose single run read 5,200."""
+    document = json.loads(RESULTS.read_text())
+    document["best"] = document["default"]
+    document["confirmation"] = {"best_trial": 3, "default_trial": 1, "ratio": 0.97}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(document))
+    planned = plan(read_results(path), Inputs(rps=50000, slo_p99_ms=50))
+    assert planned.chosen.trial == 1 and planned.confirmed
+    # 4550 x 0.7 x 0.9 = 2866.5; 50000 / 2866.5 = 17.44 -> 18.
+    assert planned.replicas == 18
+    unconfirmed = plan(read_results(RESULTS), Inputs(rps=50000, slo_p99_ms=50))
+    assert unconfirmed.chosen.trial == 3 and not unconfirmed.confirmed

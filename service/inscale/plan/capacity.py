@@ -130,6 +130,7 @@ class Plan:
     in_flight_target: int
     max_replicas: int
     candidates: list[Capacity] = field(default_factory=list)  # every feasible trial
+    confirmed: bool = False  # the profile's answer, checked side by side, not fewest replicas
 
     @property
     def replicas_exact(self) -> float:
@@ -173,7 +174,8 @@ def plan(results: Results, inputs: Inputs) -> Plan:
         memory = math.inf if c.rss_mb is None else replicas * c.rss_mb
         return replicas, replicas * cores, memory, -c.rps, c.trial
 
-    chosen = min(candidates, key=cost)
+    confirmed = [c for c in candidates if c.trial == results.answer_trial]
+    chosen = confirmed[0] if confirmed else min(candidates, key=cost)
     if chosen.rss_mb is None:
         raise PlanError(f"trial {chosen.trial} has no rss_mb: its memory cannot be sized")
     replicas = replicas_for(inputs.rps, usable(chosen))
@@ -193,6 +195,7 @@ def plan(results: Results, inputs: Inputs) -> Plan:
         in_flight_target=in_flight_target(chosen.concurrency, inputs.headroom),
         max_replicas=max_replicas_for(replicas),
         candidates=sorted(candidates, key=cost),
+        confirmed=bool(confirmed),
     )
 
 

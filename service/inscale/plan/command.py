@@ -107,6 +107,8 @@ def knobs(config: dict[str, float | int]) -> str:
 def table(p: Plan) -> str:
     c, i = p.chosen, p.inputs
     default = "the model's own config" if c.is_default else "not the model's own config"
+    if p.confirmed:
+        default += "; the profile's answer, checked side by side against the defaults"
     rows = [
         ("config", f"trial {c.trial}: {knobs(c.config)} ({default})"),
         ("capacity per replica", f"{c.rps:,.0f} req/s (p99 {c.p99_ms:g} ms; profiled against "

@@ -5,8 +5,9 @@ a field is refused with the file's name and the first problems, never a tracebac
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inscale.plan.errors import PlanError
 
@@ -49,6 +50,16 @@ class Results(_Read):
     machine: Machine
     slo_p99_ms: float = Field(gt=0)
     trials: list[Trial]
+    # The profile's answer, when it was checked side by side against the defaults: a trial
+    # confirmed so outweighs single runs that happened to read higher.
+    answer_trial: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _confirmed_answer(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("confirmation") and raw.get("best"):
+            raw = {**raw, "answer_trial": raw["best"].get("trial")}
+        return raw
 
 
 def read_results(path: Path) -> Results:
