@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from inscale.drift.reference import REFERENCE_FILE
 from inscale.model_folder import ToolError
 
 HOST = "127.0.0.1"
@@ -32,12 +33,16 @@ class ServerFailed(ToolError):
 
 
 def prepare_repository(folder: Path, model_dir: Path, version: int, config: dict[str, Any]) -> Path:
-    """`folder/<model>/` with the version linked, not copied (models can be gigabytes), and
-    the trial's config.yaml."""
+    """`folder/<model>/` with the version linked, not copied (models can be gigabytes), the
+    trial's config.yaml, and the model's drift reference if it has one."""
     model = folder / model_dir.name
     model.mkdir(parents=True)
     (model / str(version)).symlink_to((model_dir / str(version)).resolve())
     (model / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # Served as it will be: with drift monitoring on when the model carries a reference.
+    reference = model_dir / REFERENCE_FILE
+    if reference.is_file():
+        (model / REFERENCE_FILE).symlink_to(reference.resolve())
     return folder
 
 
