@@ -441,3 +441,18 @@ def test_an_answer_confirmed_side_by_side_is_planned_even_if_another_read_higher
     assert planned.replicas == 18
     unconfirmed = plan(read_results(RESULTS), Inputs(rps=50000, slo_p99_ms=50))
     assert unconfirmed.chosen.trial == 3 and not unconfirmed.confirmed
+    # Trial 3 confirmed, but side by side at 4,000 req/s: planned at that, not its 5,200.
+    document["best"] = next(
+        {"trial": 3, **t["best"], "config": t["config"], "rss_mb": t["rss_mb"]}
+        for t in document["trials"]
+        if t["id"] == 3
+    )
+    document["confirmation"] = {
+        "best_trial": 3, "default_trial": 1, "ratio": 1.1, "best_rps": 4000.0,
+        "default_rps": 3636.0,
+    }  # fmt: skip
+    path.write_text(json.dumps(document))
+    lowered = plan(read_results(path), Inputs(rps=50000, slo_p99_ms=50))
+    assert lowered.chosen.trial == 3 and lowered.chosen.rps == 4000.0
+    # 4000 x 0.63 = 2520; 50000 / 2520 = 19.84 -> 20.
+    assert lowered.replicas == 20

@@ -53,13 +53,22 @@ class Results(_Read):
     # The profile's answer, when it was checked side by side against the defaults: a trial
     # confirmed so outweighs single runs that happened to read higher.
     answer_trial: int | None = None
+    # Throughput the side-by-side check measured (median of interleaved rounds), by trial:
+    # steadier than a trial's single run, so it is the capacity planned for those trials.
+    confirmed_rps: dict[int, float] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
     def _confirmed_answer(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and raw.get("confirmation") and raw.get("best"):
-            raw = {**raw, "answer_trial": raw["best"].get("trial")}
-        return raw
+        check = raw.get("confirmation") if isinstance(raw, dict) else None
+        if not isinstance(check, dict) or check.get("ratio") is None:
+            return raw
+        measured = {}
+        for side in ("best", "default"):
+            if check.get(f"{side}_trial") is not None and check.get(f"{side}_rps"):
+                measured[int(check[f"{side}_trial"])] = float(check[f"{side}_rps"])
+        answer = (raw.get("best") or {}).get("trial")
+        return {**raw, "answer_trial": answer, "confirmed_rps": measured}
 
 
 def read_results(path: Path) -> Results:
