@@ -70,6 +70,16 @@ def inscale_servers_under(marker: str) -> list[int]:
     return found
 
 
+def start_sweep(model: Path, out: Path, args: list[str]) -> subprocess.Popen[str]:
+    """A sweep in the background, for a test that signals it midway."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "inscale", "profile", str(model), "--out", str(out), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def checkpointed(out: Path) -> list[dict[str, Any]]:
     try:
         trials: list[dict[str, Any]] = json.loads((out / "checkpoint.json").read_text())["trials"]
@@ -212,12 +222,7 @@ def test_an_interrupted_sweep_stops_its_servers_and_resumes(tmp_path: Path) -> N
     out = tmp_path / "out"
     args = [*TINY[:-6], "--confirm-rounds", "0", "--concurrency", "1", "--trial-s", "2.5"]
     args += ["--warmup-s", "0"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "inscale", "profile", str(model), "--out", str(out), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sweep = start_sweep(model, out, args)
     try:
         # Interrupted in its second trial: the first is in the checkpoint by then.
         deadline = time.monotonic() + 90
@@ -375,12 +380,7 @@ def test_sigterm_stops_the_sweep_and_its_servers_too(tmp_path: Path) -> None:
     model = digits_with_batch_4(tmp_path)
     out = tmp_path / "out"
     args = [*TINY[:-6], "--confirm-rounds", "0", "--concurrency", "1", "--trial-s", "5"]
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "inscale", "profile", str(model), "--out", str(out), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    sweep = start_sweep(model, out, args)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not inscale_servers_under("inscale-profile-"):

@@ -12,9 +12,8 @@ import statistics
 from typing import Any
 
 from inscale.profile.load import run_interruptibly, run_load
-from inscale.profile.servers import HOST, Server, ServerFailed, Servers, prepare_repository
-from inscale.profile.space import Config, model_config_with
-from inscale.profile.trial import Setup
+from inscale.profile.servers import HOST, ServerFailed, Servers
+from inscale.profile.trial import Setup, start_server
 
 
 def confirm(
@@ -28,8 +27,8 @@ def confirm(
     """Median throughput of each in `rounds` interleaved turns, and the median ratio."""
     concurrency = int(best["concurrency"])
     started = {
-        "best": _start(setup, "best", best["config"], servers),
-        "default": _start(setup, "default", default["config"], servers),
+        side: start_server(setup, f"confirm-{side}", point["config"], servers)
+        for side, point in (("best", best), ("default", default))
     }
     turns: list[dict[str, float]] = []
     try:
@@ -64,16 +63,3 @@ def confirm(
         "default_rps": statistics.median(t["default_rps"] for t in turns),
         "ratio": round(statistics.median(ratios), 3) if ratios else None,
     }
-
-
-def _start(setup: Setup, side: str, config: Config, servers: Servers) -> Server:
-    folder = setup.work / f"confirm-{side}"
-    repository = prepare_repository(
-        folder / "repository",
-        setup.model_dir,
-        setup.version,
-        model_config_with(setup.model, config),
-    )
-    return servers.start(
-        repository, int(config["workers"]), setup.server_cores, folder / "server.log"
-    )

@@ -16,7 +16,7 @@ from typing import Any
 from inscale.models.config import ModelConfig
 from inscale.profile.load import LoadResult, run_interruptibly, run_load
 from inscale.profile.payload import Payload
-from inscale.profile.servers import HOST, ServerFailed, Servers, prepare_repository
+from inscale.profile.servers import HOST, Server, ServerFailed, Servers, prepare_repository
 from inscale.profile.space import Config, model_config_with
 
 ERROR_SHARE = 0.001  # errors above this share of a level's requests fail the objective
@@ -42,6 +42,20 @@ class Setup:
     work: Path  # scratch: each trial's repository and server log
 
 
+def start_server(setup: Setup, name: str, config: Config, servers: Servers) -> Server:
+    """A server for `config`, its scratch repository and log in `work/name/`."""
+    folder = setup.work / name
+    repository = prepare_repository(
+        folder / "repository",
+        setup.model_dir,
+        setup.version,
+        model_config_with(setup.model, config),
+    )
+    return servers.start(
+        repository, int(config["workers"]), setup.server_cores, folder / "server.log"
+    )
+
+
 def run_trial(
     setup: Setup,
     trial_id: int,
@@ -62,16 +76,7 @@ def run_trial(
         "levels": [],
         "best": None,
     }
-    folder = setup.work / f"trial-{trial_id}"
-    repository = prepare_repository(
-        folder / "repository",
-        setup.model_dir,
-        setup.version,
-        model_config_with(setup.model, config),
-    )
-    server = servers.start(
-        repository, int(config["workers"]), setup.server_cores, folder / "server.log"
-    )
+    server = start_server(setup, f"trial-{trial_id}", config, servers)
     try:
         record["startup_s"] = round(server.wait_ready(), 3)
         request = setup.payload.request(HOST, server.port)
