@@ -153,3 +153,14 @@ def test_sampling_keeps_about_its_share_and_never_more_than_the_bound(tmp_path: 
     full.update()
     window = full.snapshot()
     assert window.rows <= MAX_PENDING_ROWS and window.dropped_rows > 0
+
+
+def test_no_row_yet_is_no_score_rather_than_a_perfect_one(tmp_path: Path) -> None:
+    _, ref = written_reference(tmp_path)
+    monitor = DriftMonitor(ref, DriftConfig(sample=0.05, window_s=60))
+    monitor.update()
+    window = monitor.snapshot()
+    assert window.rows == 0 and window.input_worst is None
+    assert window.top_inputs == [] and window.outputs == [] and window.prediction_shares == {}
+    shown = window.as_json()
+    assert shown["input_worst"] is None and shown["input_mean_psi"] is None

@@ -237,10 +237,10 @@ def test_report_names_the_best_config_and_its_ratio_to_the_default(tmp_path: Pat
     assert "**1.33x the default**" in answer
     assert (
         "is trial 2 (max_batch_size=128, max_queue_delay_ms=1, instances=1, intra_op_threads=1, "
-        "workers=1): 6,100 requests/s at p99 15.0 ms (concurrency 32, 152 MB resident)" in answer
+        "workers=1): 6,100 requests/s at p99 15.0 ms (concurrency 32, 152 MiB resident)" in answer
     )
     assert "the default**, trial 1 (max_batch_size=32" in answer
-    assert "4,600 requests/s at p99 40.0 ms (concurrency 64, 150 MB resident)" in answer
+    assert "4,600 requests/s at p99 40.0 ms (concurrency 64, 150 MiB resident)" in answer
     assert "It changes max_batch_size 32 → 128, max_queue_delay_ms 0 → 1." in answer
     # The setting: machine, cores, objective, strategy, budget and how it stopped.
     for expected in (

@@ -61,7 +61,7 @@ class DriftSnapshot:
             "covered_s": round(self.covered_s, 1),
             "features": self.features,
             "input_worst": None if self.input_worst is None else score(self.input_worst),
-            "input_mean_psi": round(self.input_mean_psi, 6),
+            "input_mean_psi": None if self.rows == 0 else round(self.input_mean_psi, 6),
             "top_inputs": [score(s) for s in self.top_inputs],
             "outputs": [
                 {"output": s.name, "psi": round(s.psi, 6), "ks": round(s.ks, 6)}
@@ -169,6 +169,20 @@ class DriftMonitor:
 
     def _score(self) -> DriftSnapshot:
         counts, rows = self._window.totals()
+        if rows == 0:
+            # No row yet is no score, not a perfect one: the gauges and `/models` show none.
+            return DriftSnapshot(
+                rows=0,
+                window_s=self.config.window_s,
+                covered_s=self._window.covered_s(),
+                input_worst=None,
+                input_mean_psi=0.0,
+                top_inputs=[],
+                outputs=[],
+                prediction_shares={},
+                features=len(self._inputs),
+                dropped_rows=self._dropped,
+            )
         features = self._inputs + self._outputs
         per = []
         for i, feature in enumerate(features):

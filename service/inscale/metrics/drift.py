@@ -89,6 +89,8 @@ class DriftGauges:
                 window = model.drift.snapshot()
                 put(self.rows, key, window.rows)
                 put(self.window, key, window.covered_s)
+                if window.rows == 0:
+                    continue  # no row scored yet: no score series, rather than zeros
                 put(self.input_mean, key, window.input_mean_psi)
                 if window.input_worst is not None:
                     put(self.input_score, key, window.input_worst.psi)

@@ -209,7 +209,7 @@ def memory_plot(results: dict[str, Any], path: Path) -> bool:
         )
     axes.set_xticks(sorted({int(t["config"]["instances"]) for t in trials}))
     axes.set_xlabel("model instances (sessions per worker)")
-    axes.set_ylabel("resident memory, all server processes (MB)")
+    axes.set_ylabel("resident memory, all server processes (MiB)")
     axes.set_ylim(bottom=0)
     axes.legend(fontsize=8, loc="lower right")
     _save(figure, path)

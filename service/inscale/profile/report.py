@@ -250,7 +250,7 @@ def _confirmed(results: dict[str, Any]) -> str:
 
 
 def _point(point: dict[str, Any], results: dict[str, Any]) -> str:
-    rss = f", {_mb(point['rss_mb'])} MB resident" if point.get("rss_mb") is not None else ""
+    rss = f", {_mb(point['rss_mb'])} MiB resident" if point.get("rss_mb") is not None else ""
     return (
         f"trial {point['trial']} ({_config(point['config'], results)}): "
         f"{_rps(point['rps'])} requests/s at p99 {_ms(point['p99_ms'])} ms "
@@ -266,7 +266,7 @@ def _trials_table(results: dict[str, Any]) -> str:
         rank = 0 if trial.get("best") else 1 if trial["status"] == "ok" else 2
         return rank, -(trial.get("best") or {}).get("rps", 0.0), trial["id"]
 
-    head = ["trial", *knobs, "best req/s", "its p99 ms", "at concurrency", "RSS MB", "status"]
+    head = ["trial", *knobs, "best req/s", "its p99 ms", "at concurrency", "RSS MiB", "status"]
     lines = [_row(head), _row(["---"] * len(head))]
     for trial in sorted(results.get("trials") or [], key=order):
         top = trial.get("best")
