@@ -27,6 +27,7 @@ from pydantic_settings import CliApp, CliSettingsSource
 from inscale import __version__
 from inscale.errors import InscaleError
 from inscale.logs import configure_logging
+from inscale.model_folder import token_from_env
 from inscale.models.repository import ModelRepository, ModelSource
 from inscale.models.session import open_session
 from inscale.optimize.variants import VARIANTS
@@ -263,7 +264,7 @@ def _optimize(args: argparse.Namespace) -> int:
         batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
         install=args.install,
         server=args.server,
-        token=optimize_command.token_from_env(),
+        token=token_from_env(),
     )
     try:
         report = optimize_command.run(options)
@@ -311,7 +312,7 @@ def _profile(args: argparse.Namespace) -> int:
             confirm_rounds=args.confirm_rounds,
             apply=args.apply,
             server=args.server,
-            token=os.environ.get("INSCALE_CONTROL_TOKEN") or None,
+            token=token_from_env(),
         )
         results = profile_command.run(options)
     except InscaleError as exc:

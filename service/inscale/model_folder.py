@@ -1,12 +1,17 @@
-"""What the command-line tools (`optimize`, `profile`) share about a model folder: which
-version file they work on, and asking a running server to load the folder again.
+"""What the command-line tools (`optimize`, `profile`, `reference`) share about a model
+folder: which version file they work on, opening it with ONNX Runtime, and asking a running
+server to load the folder again.
 
 The server itself never imports this: its loading is `models/repository.py`'s.
 """
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
 
 from inscale.errors import InscaleError, quoted
 from inscale.models.config import ModelConfig, load_model_config
@@ -34,6 +39,27 @@ def version_file(model_dir: Path, version: int | None) -> tuple[int, Path]:
     if chosen not in versions:
         raise ToolError(f"model folder {quoted(str(model_dir))} has no version {chosen}")
     return chosen, model_dir / str(chosen) / MODEL_FILENAME
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, for a one-line refusal (ORT's messages run to pages)."""
+    text = exc.message if isinstance(exc, InscaleError) else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:500]
+
+
+def cpu_session(model_file: Path) -> Any:
+    """An ONNX Runtime session on CPU (typed loosely: ORT has no stubs), or a refusal."""
+    try:
+        return ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types: whatever it is, not a loadable model
+        raise ToolError(
+            f"{model_file} cannot be loaded by ONNX Runtime: {first_line(exc)}"
+        ) from exc
+
+
+def token_from_env() -> str | None:
+    """The control API token a tool sends with `--server`, as the server reads it."""
+    return os.environ.get("INSCALE_CONTROL_TOKEN") or None
 
 
 def read_config(model_dir: Path) -> ModelConfig:

@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from inscale.drift import bins, reference
 from inscale.errors import InscaleError, quoted
-from inscale.model_folder import ToolError, version_file
+from inscale.model_folder import ToolError, cpu_session, version_file
 from inscale.optimize.samples import load_samples
 from inscale.signature import Signature, signature_of
 
@@ -93,14 +93,6 @@ def _make(args: argparse.Namespace) -> tuple[Path, int, dict[str, Any]]:
     target = args.out if args.out is not None else args.model_dir / reference.REFERENCE_FILE
     document = write_reference(target, signature, samples.inputs, outputs, source, args.bins)
     return target, version, document
-
-
-def cpu_session(model_file: Path) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own types: whatever it is, not a loadable model
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolError(f"{model_file} cannot be loaded by ONNX Runtime: {first}") from exc
 
 
 def outputs_of(

@@ -18,7 +18,6 @@ the old one drains.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from inscale.errors import InscaleError, quoted
-from inscale.model_folder import ToolError, ask_server_to_load, read_config, version_file
+from inscale.errors import quoted
+from inscale.model_folder import (
+    ToolError,
+    ask_server_to_load,
+    cpu_session,
+    first_line,
+    read_config,
+    version_file,
+)
 from inscale.models.config import ModelConfig
 from inscale.models.repository import MODEL_FILENAME
 from inscale.optimize.measure import ALONE, EVAL_BATCH
@@ -102,10 +108,7 @@ def run(options: Options) -> Report:
     except ToolError as exc:
         raise OptimizeError(exc.message) from exc
     config = read_config(model_dir)
-    try:
-        session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types: not a model it can load
-        raise OptimizeError(f"{source} cannot be loaded: {_first_line(exc)}") from exc
+    session = cpu_session(source)
     signature = signature_of(session)
     samples = _samples(options, model_dir, signature)
     wanted, skipped = _variants(options.variants, samples)
@@ -198,7 +201,7 @@ def _build(
                 make(kind, source, target, samples, work)
                 measured[kind] = _measure(target, feed, config, options.batch_sizes, work)
             except Exception as exc:
-                failed[kind] = f"could not be made: {_first_line(exc)}"
+                failed[kind] = f"could not be made: {first_line(exc)}"
                 target.unlink(missing_ok=True)
                 continue
             files[kind] = target
@@ -240,11 +243,6 @@ def _measure(
     figures: dict[str, Any] = json.loads(done.stdout)
     with np.load(outputs, allow_pickle=False) as archive:
         return figures, {name: archive[name] for name in archive.files}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, InscaleError) else str(exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:500]
 
 
 def predicted_classes(signature: Signature, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -389,7 +387,3 @@ def install(options: Options, report: Report, model_dir: Path) -> dict[str, Any]
         ask_server_to_load(options.server, model_dir.name, options.token, "installed")
         installed["loaded"] = True
     return installed
-
-
-def token_from_env() -> str | None:
-    return os.environ.get("INSCALE_CONTROL_TOKEN") or None

@@ -22,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import onnxruntime as ort
 import yaml
 
 from inscale import __version__
-from inscale.model_folder import ToolError, ask_server_to_load, read_config, version_file
+from inscale.model_folder import (
+    ToolError,
+    ask_server_to_load,
+    cpu_session,
+    read_config,
+    version_file,
+)
 from inscale.models.config import CONFIG_FILENAMES, ModelConfig, find_config_file
 from inscale.profile import checkpoint
 from inscale.profile.confirm import confirm
@@ -37,7 +42,7 @@ from inscale.profile.servers import Servers
 from inscale.profile.space import KNOBS, Config, Space, build_space, config_of, describe
 from inscale.profile.space import model_config_with as knobs_into
 from inscale.profile.trial import Setup, run_trial, trial_cost_s
-from inscale.signature import Signature, signature_of
+from inscale.signature import signature_of
 
 # The side-by-side check must show at least this gain for the sweep's winner to replace the
 # defaults; short runs on a shared machine differ by more than that on their own.
@@ -100,7 +105,7 @@ def run(options: Options, progress: TextIO = sys.stderr) -> dict[str, Any]:
         options.model_dir,
         options.model_dir.name,
         version,
-        _signature(model_file),
+        signature_of(cpu_session(model_file)),
         options.rows,
         options.protocol,
     )
@@ -238,15 +243,6 @@ def _check_levels(options: Options) -> None:
 def _with(space: Space, config: Config) -> Space:
     values = {k: sorted({*space.values[k], config[k]}) for k in KNOBS}
     return Space(values)
-
-
-def _signature(model_file: Path) -> Signature:
-    try:
-        session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types: not a model it can load
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolError(f"{model_file} cannot be loaded: {first}") from exc
-    return signature_of(session)
 
 
 def _history(trials: list[dict[str, Any]]) -> History:
