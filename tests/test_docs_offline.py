@@ -4,7 +4,9 @@ Headless Chromium loads the pages from a real server under a made-up host name
 (`inscale.test`, mapped to the server's loopback address) while every other host name is made
 unresolvable, so the test is air-gapped even on a machine that has internet: a page that still
 pulled Swagger UI from a CDN would render blank here. Chromium's network log lists every URL
-the page asked for.
+the page asked for; the browser's own background requests (update checks, network time,
+accounts), which some Chromium builds send whatever the flags, are told apart by their
+initiator.
 """
 
 import json
@@ -68,12 +70,23 @@ def browse(
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
     assert done.returncode == 0, f"chromium failed ({done.returncode}):\n{done.stderr[-3000:]}"
-    return done, requested_urls(net_log)
+    return done, requested_urls(net_log, f"http://{HOST}:{server.port}")
 
 
-def requested_urls(net_log: Path) -> set[str]:
-    events = json.loads(net_log.read_text())["events"]
-    return {event["params"]["url"] for event in events if "url" in event.get("params", {})}
+def requested_urls(net_log: Path, origin: str) -> set[str]:
+    """Every URL a document from `origin` asked for.
+
+    Each request's job start records its initiator: the page's origin for what the page loads
+    (scripts, styles, images, fetches, wherever they point), "not an origin" for the
+    navigation itself and for the browser's own traffic.
+    """
+    log = json.loads(net_log.read_text())
+    start_job = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return {
+        event["params"]["url"]
+        for event in log["events"]
+        if event["type"] == start_job and event.get("params", {}).get("initiator") == origin
+    }
 
 
 def outside(urls: set[str], server: ServerProcess) -> set[str]:
