@@ -198,18 +198,22 @@ class Timed:
 
 
 async def _mean_batch(slo_s: float | None) -> float:
-    """256 requests arrive about 1 ms apart at a model whose runs cost 4 ms plus 0.1 ms a
-    row; the mean rows per run."""
-    run = Timed(0.004, 0.0001)
+    """256 requests arrive about 2 ms apart at a model whose runs cost 8 ms plus 0.2 ms a
+    row; the mean rows per run.
+
+    Milliseconds, not tenths: a busy machine's timer overshoots by a fraction of a
+    millisecond, which at 1 ms gaps slowed arrivals until they no longer outpaced the runs.
+    """
+    run = Timed(0.008, 0.0002)
     batcher: Batcher[int, int] = Batcher(
         run, policy(max_batch_size=8, latency_slo_s=slo_s), Events()
     )
-    teach(batcher, {1: 0.0041, 8: 0.0048})
+    teach(batcher, {1: 0.0082, 8: 0.0096})
     batcher.start()
     sent = []
     for i in range(256):
         sent.append(asyncio.create_task(batcher.submit(i)))
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0.002)
     assert await asyncio.gather(*sent) == [i * 10 for i in range(256)]
     await batcher.close()
     return 256 / len(run.batches)
