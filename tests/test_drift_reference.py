@@ -97,6 +97,18 @@ def test_reference_out_writes_there_and_leaves_the_folder_alone(tmp_path: Path) 
     assert max(len(f["shares"]) for f in document["inputs"][0]["features"]) <= 6
 
 
+def test_reference_says_when_the_version_has_its_own_which_the_server_reads_instead(
+    tmp_path: Path,
+) -> None:
+    model = copy_digits(tmp_path)
+    own = model / "1" / REFERENCE_FILE
+    shutil.copy(model / REFERENCE_FILE, own)
+    done = reference_cli(model, "--data", model / "samples.npz")
+    assert done.returncode == 0, done.stderr
+    assert f"note: {own} is that version's own reference and is read instead" in done.stdout
+    assert f"wrote {model / REFERENCE_FILE}" in done.stdout
+
+
 def _rows_file(tmp_path: Path, rows: np.ndarray) -> Path:
     path = tmp_path / "rows.npz"
     np.savez(path, input=rows)
@@ -128,6 +140,16 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], list[str | Path]], str]] = {
     "no such version": (
         lambda model, tmp: [model, "--data", model / "samples.npz", "--version", "7"],
         "has no version 7",
+    ),
+    "--out into a missing folder": (
+        lambda model, tmp: [
+            model,
+            "--data",
+            model / "samples.npz",
+            "--out",
+            tmp / "nope" / "r.json",
+        ],
+        "folder '",
     ),
 }
 

@@ -6,6 +6,7 @@ started and resumes from its checkpoint; refusals name what is wrong."""
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,9 +20,10 @@ import httpx
 import numpy as np
 import pytest
 
+from inscale.model_folder import ToolError
 from inscale.models.config import load_model_config
-from inscale.profile.search import Grid, HillClimb, Tpe
-from inscale.profile.space import KNOBS, Space, build_space, config_of
+from inscale.profile.search import Grid, HillClimb, Tpe, choose
+from inscale.profile.space import KNOBS, Space, SpaceError, build_space, config_of, default_values
 from support.server import running_server
 
 BUNDLED = Path(__file__).resolve().parents[1] / "service" / "inscale" / "bundled_models"
@@ -352,6 +354,52 @@ def test_optuna_proposes_new_configs_until_the_space_is_covered() -> None:
         history.append((config, peak_at(config)))
         assert len(history) <= space.size
     assert history[0][0] == start and len(history) == space.size
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"batch": [8.0]}, "unknown knob 'batch'; the knobs are max_batch_size, "),
+        ({"instances": []}, "--instances lists no value"),
+        ({"max_queue_delay_ms": [60_001.0]}, "--max-queue-delay-ms: 60001 is outside 0 to 60000"),
+        ({"workers": [65.0]}, "--workers: 65 is more than 64"),
+        ({"max_batch_size": [65_537.0]}, "--max-batch-size: 65537 is more than 65536"),
+        ({"intra_op_threads": [1.5]}, "--intra-op-threads: 1.5 is not a whole number"),
+    ],
+)
+def test_a_space_outside_what_the_server_accepts_is_refused(
+    overrides: dict[str, list[float]], message: str
+) -> None:
+    with pytest.raises(SpaceError, match=re.escape(message)):
+        build_space(2, load_model_config(BUNDLED / "digits"), overrides)
+
+
+def test_default_ranges_end_at_the_core_count() -> None:
+    values = default_values(6, load_model_config(BUNDLED / "digits"))
+    assert values["intra_op_threads"] == values["workers"] == [1, 2, 4, 6]
+    assert values["instances"] == [1, 2, 4, 6]
+    assert default_values(1, load_model_config(BUNDLED / "digits"))["instances"] == [1, 2]
+
+
+def test_auto_takes_the_grid_for_a_small_space_and_optuna_for_a_large_one() -> None:
+    config = load_model_config(BUNDLED / "digits")
+    start = config_of(config, 2)
+    assert isinstance(choose("auto", small_space(), start, 0), Grid)
+    large = build_space(8, config, {})
+    assert large.size > 16 and isinstance(choose("auto", large, start, 0), Tpe)
+    assert isinstance(choose("hill", large, start, 0), HillClimb)
+    with pytest.raises(ToolError, match="unknown strategy 'annealing'; the strategies are"):
+        choose("annealing", large, start, 0)
+
+
+def test_hill_climb_in_a_space_of_one_config_measures_it_and_stops() -> None:
+    config = load_model_config(BUNDLED / "digits")
+    one = {"max_batch_size": [32.0], "max_queue_delay_ms": [0.0], "instances": [1.0]}
+    space = build_space(1, config, {**one, "intra_op_threads": [1.0], "workers": [1.0]})
+    start = space.snap(config_of(config, 1))
+    hill = HillClimb(space, start)
+    assert hill.propose([]) == start
+    assert hill.propose([(start, 100.0)]) is None
 
 
 def test_plan_sizes_a_deployment_from_this_sweeps_results(applied: dict[str, Any]) -> None:

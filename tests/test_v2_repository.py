@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from support.onnx_models import add_model, busy, identity, two_in_two_out
@@ -233,3 +234,42 @@ def test_loading_picks_up_a_model_added_to_the_folder(tmp_path: Path) -> None:
         client.load_model("late")
         assert client.is_model_ready("late")
         assert client.get_model_metadata("late")["versions"] == ["1"]
+
+
+def model_series(url: str, model: str) -> dict[str, set[str]]:
+    """Per gauge, the versions /metrics shows for `model` (counters keep every version's
+    total, as Prometheus expects; a gauge says what is true now)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    versions: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "gauge":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") == model and "version" in sample.labels:
+                versions.setdefault(sample.name, set()).add(sample.labels["version"])
+    return versions
+
+
+def test_a_version_removed_from_the_folder_leaves_metrics_when_the_model_reloads(
+    tmp_path: Path,
+) -> None:
+    add_model(tmp_path, "identity", identity())
+    with running_server(tmp_path) as server:
+        infer = f"{server.url}/v2/models/identity/infer"
+        body = v2_infer_body("x", [[1.0, 2.0, 3.0, 4.0]])
+        assert httpx.post(infer, json=body, timeout=10).status_code == 200
+        before = model_series(server.url, "identity")
+        for name in (
+            "inscale_model_state",
+            "inscale_queue_depth_requests",
+            "inscale_estimated_run_duration_seconds",
+        ):
+            assert before.get(name) == {"1"}, (name, before)
+
+        shutil.move(tmp_path / "identity" / "1", tmp_path / "identity" / "2")
+        triton_client(server).load_model("identity")
+        assert httpx.post(infer, json=body, timeout=10).status_code == 200
+        after = model_series(server.url, "identity")
+        # Version 1 is gone from the folder: none of its gauges is left at a stale value.
+        assert all(versions == {"2"} for versions in after.values()), after
+        assert "inscale_model_state" in after and "inscale_queue_depth_requests" in after
