@@ -1,11 +1,11 @@
 """One model version's drift monitor: samples served rows, bins them, scores the window.
 
-The request path pays only `offer`, called by the worker thread after a batch has run: a
-binomial draw of how many of the batch's rows to keep, and a copy of those rows (a few
-microseconds per batch). `update`, once a second on the event loop's background task, bins what
-was kept into the sliding window and recomputes every score, so a scrape or `GET /models/{name}`
-only reads numbers already made. What waits to be binned is bounded (`MAX_PENDING_ROWS`); past
-it rows are dropped and counted, never queued without limit.
+The request path pays only `offer`, called by the worker thread after a batch has run: one
+subtraction for a batch not kept, a copy of each tensor for the `sample` share that is.
+`update`, once a second on the event loop's background task, bins what was kept into the
+sliding window and recomputes every score, so a scrape or `GET /models/{name}` only reads
+numbers already made. What waits to be binned is bounded (`MAX_PENDING_ROWS`); past it rows are
+dropped and counted, never queued without limit.
 """
 
 import asyncio
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from inscale.drift import scores
+from inscale.drift import bins, scores
 from inscale.drift.reference import Feature, Reference
 from inscale.drift.window import Window
 from inscale.models.config import DriftConfig
@@ -98,6 +98,22 @@ class DriftMonitor:
         self._input_tensors = sorted({f.tensor for f in self._inputs})
         self._output_tensors = sorted({f.tensor for f in self._outputs})
         self._tensors = [*self._input_tensors, *self._output_tensors]
+        self._segments = scores.Segments(
+            np.concatenate([f.expected for f in features]), np.array(sizes)
+        )
+        # Binned columns are counted a tensor at a time; class labels one by one (a few).
+        self._counters: dict[str, bins.ColumnCounter] = {}
+        self._classes: list[tuple[Feature, int]] = []
+        for tensor in self._tensors:
+            binned = [(i, f) for i, f in enumerate(features) if f.tensor == tensor]
+            self._classes += [(f, int(self._offsets[i])) for i, f in binned if f.classes]
+            binned = [(i, f) for i, f in binned if not f.classes]
+            if binned:
+                self._counters[tensor] = bins.ColumnCounter(
+                    [f.index for _, f in binned],
+                    [f.edges for _, f in binned],
+                    [int(self._offsets[i]) for i, _ in binned],
+                )
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._pending: list[dict[str, np.ndarray]] = []
@@ -105,45 +121,41 @@ class DriftMonitor:
         self._dropped = 0
         self._gaps: list[int] = []
         self._gap_at = 0
-        self._gap = self._next_gap() - 1  # rows to pass before the next kept one
+        self._gap = self._next_gap()  # batches until the next kept one (this one included)
         self._task: asyncio.Task[None] | None = None
         self._snapshot = self._score()
 
     # -- the request path (worker thread) --------------------------------------------------
 
     def offer(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        """Keep a `sample` share of a finished batch's rows for the next update.
+        """Keep a `sample` share of finished batches, whole, for the next update.
 
-        Each row is kept with probability `sample`, independently: the gap to the next kept
-        row is drawn from the geometric distribution, so a batch with no row to keep (most of
-        them, at 5%) costs one subtraction, and the generator is asked only once per kept row.
+        Each batch is kept with probability `sample`, so each row is too, and the window's
+        shares are the served ones in expectation. Batches rather than rows: the batch count to
+        the next kept one is drawn from the geometric distribution, so a batch not kept (95% of
+        them at the default) costs one subtraction, and a kept one one copy per tensor. Picking
+        rows inside every batch cost a lock, a loop and a slice per kept row, on about half the
+        batches at 16 rows each: most of what monitoring added to a request.
         """
+        self._gap -= 1
+        if self._gap > 0:
+            return  # a race between instances only nudges the sampling rate
         rows = len(next(iter(feeds.values())))
-        if self._gap >= rows:
-            self._gap -= rows  # a race between instances only nudges the sampling rate
-            return
-        with self._lock:
-            picked = []
-            index = self._gap
-            while index < rows:
-                picked.append(index)
-                index += self._next_gap()
-            self._gap = index - rows
-            if self._pending_rows + len(picked) > MAX_PENDING_ROWS:
-                self._dropped += len(picked)
+        # A copy, never a view holding the batch (or a request's body) alive.
+        taken = {name: feeds[name].copy() for name in self._input_tensors}
+        for name in self._output_tensors:
+            taken[name] = outputs[name].copy()
+        with self._lock:  # the draws' buffer is shared by the version's instances
+            self._gap = self._next_gap()
+            if self._pending_rows + rows > MAX_PENDING_ROWS:
+                self._dropped += rows
                 return
-            # One row (most batches that keep any): a slice copied is several times cheaper
-            # than fancy indexing. Either way a copy, never a view holding the batch alive.
-            rows_of = slice(picked[0], picked[0] + 1) if len(picked) == 1 else picked
-            taken = {name: feeds[name][rows_of].copy() for name in self._input_tensors}
-            for name in self._output_tensors:
-                taken[name] = outputs[name][rows_of].copy()
             self._pending.append(taken)
-            self._pending_rows += len(picked)
+            self._pending_rows += rows
 
     def _next_gap(self) -> int:
-        """Rows from one kept row to the next: geometric, drawn 1,024 at a time (a generator
-        call per row would cost more than the copy)."""
+        """Batches from one kept batch to the next: geometric, drawn 1,024 at a time (a
+        generator call per kept batch would cost more than the copy)."""
         if self._gap_at == len(self._gaps):
             self._gaps = self._rng.geometric(self.config.sample, 1024).tolist()
             self._gap_at = 0
@@ -161,9 +173,14 @@ class DriftMonitor:
             merged = {name: np.concatenate([p[name] for p in pending]) for name in self._tensors}
             rows = len(next(iter(merged.values())))
             columns = {name: array.reshape(rows, -1) for name, array in merged.items()}
-            counts = np.concatenate(
-                [f.count(columns[f.tensor][:, f.index]) for f in self._inputs + self._outputs]
-            )
+            counts = np.zeros(int(self._offsets[-1]), dtype=np.int64)
+            for tensor, counter in self._counters.items():
+                counter.add(columns[tensor], counts)
+            for feature, offset in self._classes:
+                size = feature.expected.size
+                counts[offset : offset + size] += feature.count(
+                    columns[feature.tensor][:, feature.index]
+                )
             self._window.add(counts, rows)
         self._snapshot = self._score()
 
@@ -184,16 +201,11 @@ class DriftMonitor:
                 dropped_rows=self._dropped,
             )
         features = self._inputs + self._outputs
-        per = []
-        for i, feature in enumerate(features):
-            observed = counts[self._offsets[i] : self._offsets[i + 1]]
-            per.append(
-                Score(
-                    feature.name,
-                    scores.psi(observed, feature.expected),
-                    scores.ks(observed, feature.expected),
-                )
-            )
+        psi, ks = self._segments.scores(counts)
+        per = [
+            Score(feature.name, p, k)
+            for feature, p, k in zip(features, psi.tolist(), ks.tolist(), strict=True)
+        ]
         inputs = per[: len(self._inputs)]
         ranked = sorted(inputs, key=lambda s: s.psi, reverse=True)
         outputs: dict[str, Score] = {}
