@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_serving import busy_body, hold, post
+from test_serving import HOLD_WORK, busy_body, hold, post
 
 from support.raw_http import Connection, parse_response, request_bytes
 from support.server import ServerProcess, running_server
@@ -228,6 +228,13 @@ def test_connections_past_the_cap_get_503_and_past_twice_it_are_closed(test_repo
 
 async def _in_flight_cap(port: int, busy: "list[Future[httpx.Response]]") -> None:
     probe = await Connection.open(port)
+    try:
+        await _refused_at_the_cap(probe, busy)
+    finally:  # a failed check must not leave the socket for a later test's GC to report
+        await probe.close()
+
+
+async def _refused_at_the_cap(probe: Connection, busy: "list[Future[httpx.Response]]") -> None:
     started = time.monotonic()
     while True:  # 200 until the second `busy` request is in (it is submitted, not yet read)
         response = await probe.call("GET", "/health/live")
@@ -245,7 +252,6 @@ async def _in_flight_cap(port: int, busy: "list[Future[httpx.Response]]") -> Non
         assert (await asyncio.wrap_future(request)).status_code == 200
     # Below the cap again, on the same connection.
     assert (await probe.call("GET", "/health/live")).status == 200
-    await probe.close()
 
 
 def test_requests_past_the_in_flight_cap_get_503_at_once(test_repo: Path) -> None:
@@ -254,7 +260,9 @@ def test_requests_past_the_in_flight_cap_get_503_at_once(test_repo: Path) -> Non
         ThreadPoolExecutor(4) as pool,
     ):
         assert server.port is not None
-        holder = hold(server.url, pool)  # one request running on `busy`'s only instance
+        # One request running on `busy`'s only instance, for about 4 s: the probe must see the
+        # cap reached while it runs, and a busy machine took over a second to get there.
+        holder = hold(server.url, pool, 4 * HOLD_WORK)
         queued = pool.submit(post, server.url, busy_body(3.0))  # a second one waiting
         asyncio.run(_in_flight_cap(server.port, [holder, queued]))
 

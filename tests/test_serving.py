@@ -49,10 +49,10 @@ def pool() -> Iterator[ThreadPoolExecutor]:
         yield executor
 
 
-def hold(url: str, pool: ThreadPoolExecutor) -> "Future[httpx.Response]":
+def hold(url: str, pool: ThreadPoolExecutor, work: int = HOLD_WORK) -> "Future[httpx.Response]":
     """Occupy the busy model's only instance; returns once that request is running."""
     wait_for(url, lambda s: s["running"] == 0 and s["queued"] == 0)
-    holder = pool.submit(post, url, busy_body(-1.0, HOLD_WORK))
+    holder = pool.submit(post, url, busy_body(-1.0, work))
     wait_for(url, lambda s: s["running"] == 1)
     return holder
 

@@ -30,9 +30,10 @@ class Segments:
 
     def _cumsum(self, flat: np.ndarray) -> np.ndarray:
         """Cumulative sums restarting at each feature's first bin."""
-        running = np.cumsum(flat)
+        running: np.ndarray = np.cumsum(flat)
         before = running[self.starts] - flat[self.starts]
-        return running - np.repeat(before, self.sizes)
+        restarted: np.ndarray = running - np.repeat(before, self.sizes)
+        return restarted
 
     def scores(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """PSI and KS per feature of the bin counts `counts` (0 for a feature with no rows)."""
