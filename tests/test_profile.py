@@ -90,6 +90,33 @@ def checkpointed(out: Path) -> list[dict[str, Any]]:
     return trials
 
 
+def interrupt_sweep(
+    sweep: "subprocess.Popen[str]",
+    sig: signal.Signals,
+    *,
+    out: Path,
+    after_trials: int,
+    in_s: float,
+) -> str:
+    """Signal a background sweep `in_s` after a trial server is up (and `after_trials` trials
+    are in its checkpoint); its stderr once it has ended. Killed if it does not end."""
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and len(checkpointed(out)) < after_trials:
+            time.sleep(0.1)
+        while time.monotonic() < deadline and not inscale_servers_under("inscale-profile-"):
+            time.sleep(0.1)
+        assert inscale_servers_under("inscale-profile-"), "no trial server started"
+        time.sleep(in_s)
+        sweep.send_signal(sig)
+        _, err = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+    return err
+
+
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One sweep, applied to a folder a running server serves: what every test below reads."""
@@ -225,21 +252,8 @@ def test_an_interrupted_sweep_stops_its_servers_and_resumes(tmp_path: Path) -> N
     args = [*TINY[:-6], "--confirm-rounds", "0", "--concurrency", "1", "--trial-s", "2.5"]
     args += ["--warmup-s", "0"]
     sweep = start_sweep(model, out, args)
-    try:
-        # Interrupted in its second trial: the first is in the checkpoint by then.
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and len(checkpointed(out)) < 1:
-            time.sleep(0.1)
-        while time.monotonic() < deadline and not inscale_servers_under("inscale-profile-"):
-            time.sleep(0.1)
-        assert inscale_servers_under("inscale-profile-"), "the second trial's server never started"
-        time.sleep(1.5)
-        sweep.send_signal(signal.SIGINT)
-        _, err = sweep.communicate(timeout=60)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.communicate()
+    # Interrupted in its second trial: the first is in the checkpoint by then.
+    err = interrupt_sweep(sweep, signal.SIGINT, out=out, after_trials=1, in_s=1.5)
     assert sweep.returncode == 130, err
     assert "interrupted: every server stopped" in err
     assert inscale_servers_under("inscale-profile-") == []
@@ -429,18 +443,8 @@ def test_sigterm_stops_the_sweep_and_its_servers_too(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [*TINY[:-6], "--confirm-rounds", "0", "--concurrency", "1", "--trial-s", "5"]
     sweep = start_sweep(model, out, args)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not inscale_servers_under("inscale-profile-"):
-            time.sleep(0.1)
-        assert inscale_servers_under("inscale-profile-"), "no trial server started"
-        time.sleep(2.5)  # inside the first level's load
-        sweep.send_signal(signal.SIGTERM)
-        _, err = sweep.communicate(timeout=60)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
-            sweep.communicate()
+    # Inside the first level's load.
+    err = interrupt_sweep(sweep, signal.SIGTERM, out=out, after_trials=0, in_s=2.5)
     assert sweep.returncode == 130, err
     assert inscale_servers_under("inscale-profile-") == []
     assert json.loads((out / "results.json").read_text())["stopped"] == "interrupted"

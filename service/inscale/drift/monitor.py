@@ -92,28 +92,32 @@ class DriftMonitor:
         self._inputs = select(reference, config.features)
         self._outputs = list(reference.outputs)
         features = self._inputs + self._outputs
-        sizes = [f.expected.size for f in features]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self._window = Window(int(self._offsets[-1]), config.window_s)
+        # Every feature's bins side by side in one flat array: the window's, the scores'.
+        self._segments = scores.Segments(
+            np.concatenate([f.expected for f in features]), [f.expected.size for f in features]
+        )
+        self._width = int(self._segments.sizes.sum())
+        self._window = Window(self._width, config.window_s)
         self._input_tensors = sorted({f.tensor for f in self._inputs})
         self._output_tensors = sorted({f.tensor for f in self._outputs})
         self._tensors = [*self._input_tensors, *self._output_tensors]
-        self._segments = scores.Segments(
-            np.concatenate([f.expected for f in features]), np.array(sizes)
-        )
         # Binned columns are counted a tensor at a time; class labels one by one (a few).
-        self._counters: dict[str, bins.ColumnCounter] = {}
+        starts = self._segments.starts.tolist()
         self._classes: list[tuple[Feature, int]] = []
-        for tensor in self._tensors:
-            binned = [(i, f) for i, f in enumerate(features) if f.tensor == tensor]
-            self._classes += [(f, int(self._offsets[i])) for i, f in binned if f.classes]
-            binned = [(i, f) for i, f in binned if not f.classes]
-            if binned:
-                self._counters[tensor] = bins.ColumnCounter(
-                    [f.index for _, f in binned],
-                    [f.edges for _, f in binned],
-                    [int(self._offsets[i]) for i, _ in binned],
-                )
+        binned: dict[str, list[tuple[Feature, int]]] = {}
+        for feature, start in zip(features, starts, strict=True):
+            if feature.classes:
+                self._classes.append((feature, start))
+            else:
+                binned.setdefault(feature.tensor, []).append((feature, start))
+        self._counters = {
+            tensor: bins.ColumnCounter(
+                [f.index for f, _ in columns],
+                [f.edges for f, _ in columns],
+                [o for _, o in columns],
+            )
+            for tensor, columns in binned.items()
+        }
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
         self._pending: list[dict[str, np.ndarray]] = []
@@ -173,7 +177,7 @@ class DriftMonitor:
             merged = {name: np.concatenate([p[name] for p in pending]) for name in self._tensors}
             rows = len(next(iter(merged.values())))
             columns = {name: array.reshape(rows, -1) for name, array in merged.items()}
-            counts = np.zeros(int(self._offsets[-1]), dtype=np.int64)
+            counts = np.zeros(self._width, dtype=np.int64)
             for tensor, counter in self._counters.items():
                 counter.add(columns[tensor], counts)
             for feature, offset in self._classes:
@@ -214,14 +218,13 @@ class DriftMonitor:
             worst = outputs.get(feature.tensor)
             if worst is None or score.psi > worst.psi:
                 outputs[feature.tensor] = Score(feature.tensor, score.psi, score.ks)
-            if feature.classes:
-                offset = self._offsets[features.index(feature)]
-                observed = counts[offset : offset + feature.expected.size]
-                total = max(int(observed.sum()), 1)
-                names = [_class_name(c) for c in feature.edges.tolist()] + ["other"]
-                shares[feature.tensor] = {
-                    n: float(c) / total for n, c in zip(names, observed, strict=True)
-                }
+        for feature, offset in self._classes:
+            observed = counts[offset : offset + feature.expected.size]
+            total = max(int(observed.sum()), 1)
+            names = [_class_name(c) for c in feature.edges.tolist()] + ["other"]
+            shares[feature.tensor] = {
+                n: float(c) / total for n, c in zip(names, observed, strict=True)
+            }
         return DriftSnapshot(
             rows=rows,
             window_s=self.config.window_s,

@@ -21,7 +21,7 @@ class Segments:
     """Features' bins side by side: feature i owns `expected[starts[i]:starts[i] + sizes[i]]`
     (every feature has at least one bin)."""
 
-    def __init__(self, expected: np.ndarray, sizes: np.ndarray) -> None:
+    def __init__(self, expected: np.ndarray, sizes: "np.ndarray | list[int]") -> None:
         self.sizes = np.asarray(sizes, dtype=np.intp)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.intp)
         self.expected = np.asarray(expected, dtype=np.float64)
