@@ -126,7 +126,10 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     out = work / "out"
     with running_server(repo, "--control-api", "open") as server:
         before = httpx.get(f"{server.url}/models/digits", timeout=10).json()
-        done = profile(model, "--out", out, *TINY, "--apply", "--server", server.url)
+        # An objective a half-speed machine still meets at 32 clients (50 ms, the default,
+        # was missed once inside a full-suite run): every level is then measured.
+        slo = ["--slo-p99-ms", "500"]
+        done = profile(model, "--out", out, *TINY, *slo, "--apply", "--server", server.url)
         assert done.returncode == 0, done.stderr
         after = httpx.get(f"{server.url}/models/digits", timeout=10).json()
         answer = httpx.post(
