@@ -9,10 +9,12 @@ with the requests it answered meanwhile (its own counters), which proves the loa
 The first `--from-s` seconds (default: 2 minutes) are warm-up: allocators, ONNX Runtime's
 arena and Python's object pools grow to the working set of the load and then stop. From there
 to the end it reports the drift (last sample against the first, in percent) and the slope of
-a least-squares line through every sample (MB/min), and exits 1 when the drift is over
-`--max-drift-pct` (or the slope over `--max-slope-mb-per-min`, when given), or when any
-request failed. A measurement, not a speed figure: other work on the machine moves the request
-rate, not the memory a request leaves behind.
+a least-squares line through every sample (MB/min and, against the server's count of
+answers, bytes per request), and exits 1 when the drift is over `--max-drift-pct` (or the
+slope over `--max-slope-mb-per-min`, or the bytes per request over
+`--max-bytes-per-request`, when given), or when any request failed. A measurement, not a speed
+figure: other work on the machine moves the request rate, not the memory a request leaves
+behind.
 
     .venv/bin/python -m loadtests.soak                          # 30 min, 32 connections
     .venv/bin/python -m loadtests.soak --duration-s 600 --out results/soak-10min.json
@@ -95,7 +97,8 @@ def sample_while(load: Load, server: Started, args: argparse.Namespace) -> list[
         if served is not None and served_before is not None:
             rate = (served - served_before) / (now - at_before)
         served_before, at_before = served, now
-        row = {"t_s": round(now - start, 1), **mem.as_dict(), "answered_per_s": rate}
+        row = {"t_s": round(now - start, 1), **mem.as_dict(), "answered": served}
+        row["answered_per_s"] = rate
         samples.append(row)
         print(format_row(row), flush=True)
     return samples
@@ -113,7 +116,27 @@ def format_row(row: Row) -> str:
     )
 
 
-def verdict(trend: memory.Trend, report: wrk.WrkReport, args: argparse.Namespace) -> list[str]:
+def retained_per_request(samples: list[Row], from_s: float) -> float | None:
+    """Bytes of resident memory each answered request left behind: the least-squares slope of
+    RSS over the server's own count of answers, from `from_s` on. A leak grows with the work
+    done, not with the clock, so this reads the same on a machine twice as slow, where a slope
+    per minute halves. None when the server's counts were not readable."""
+    points = [
+        (float(s["answered"]), s["rss_kb"] * 1024.0)
+        for s in samples
+        if s["t_s"] >= from_s and s["answered"] is not None
+    ]
+    if len({x for x, _ in points}) < 2:
+        return None
+    return memory.slope(points)
+
+
+def verdict(
+    trend: memory.Trend,
+    per_request: float | None,
+    report: wrk.WrkReport,
+    args: argparse.Namespace,
+) -> list[str]:
     """Why the soak failed; empty when it passed."""
     failures = []
     if trend.drift_pct > args.max_drift_pct:
@@ -127,6 +150,17 @@ def verdict(trend: memory.Trend, report: wrk.WrkReport, args: argparse.Namespace
         failures.append(
             f"resident memory rose {trend.slope_mb_per_min:+.3f} MB/min (fitted from "
             f"{trend.start_s:.0f} s), over --max-slope-mb-per-min {limit:g}"
+        )
+    limit = args.max_bytes_per_request
+    if limit is not None and per_request is None:
+        failures.append(
+            "--max-bytes-per-request needs the server's answered counts (/models/NAME), "
+            "which could not be read"
+        )
+    elif limit is not None and per_request is not None and per_request > limit:
+        failures.append(
+            f"every answered request left {per_request:.1f} bytes resident (fitted from "
+            f"{trend.start_s:.0f} s), over --max-bytes-per-request {limit:g}"
         )
     if report.errors:
         failures.append(f"{report.errors} requests failed ({report.non2xx} non-2xx answers)")
@@ -149,6 +183,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-drift-pct", type=float, default=2.0)
     parser.add_argument(
         "--max-slope-mb-per-min", type=float, help="also fail on a fitted slope above this"
+    )
+    parser.add_argument(
+        "--max-bytes-per-request",
+        type=float,
+        help="also fail when each answered request leaves more resident memory than this",
     )
     parser.add_argument(
         "--min-requests-per-s",
@@ -226,7 +265,8 @@ def main() -> int:
             after = memory.read(server.pid)
     points = [(s["t_s"], s["rss_kb"] / 1024) for s in samples]
     trend = memory.trend(points, args.from_s)
-    failures = verdict(trend, report, args)
+    per_request = retained_per_request(samples, args.from_s)
+    failures = verdict(trend, per_request, report, args)
     print(
         f"\nwrk: {report.requests} requests ({report.requests_per_s:.0f}/s), {report.errors} "
         f"errors, p50 {report.p50_us / 1e3:.2f} ms, p99 {report.p99_us / 1e3:.2f} ms"
@@ -237,6 +277,8 @@ def main() -> int:
         f"fitted slope {trend.slope_mb_per_min:+.3f} MB/min ({trend.fitted_drift_pct:+.2f}% "
         f"over the window); peak {after.peak_kb / 1024:.1f} MB"
     )
+    if per_request is not None:
+        print(f"resident memory per answered request: {per_request:+.1f} bytes (fitted)")
     for failure in failures:
         print(f"FAIL: {failure}")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -249,6 +291,7 @@ def main() -> int:
         after_load=after.as_dict(),
         samples=samples,
         trend=trend.as_dict(),
+        retained_bytes_per_request=per_request,
         wrk=report.as_dict(),
         passed=not failures,
         failures=failures,
