@@ -6,7 +6,7 @@ the test releases it), so the queue's state is known when the assertions run.
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -203,6 +203,58 @@ async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> 
     await running
     assert all(1 not in batch for batch in run.batches)
     await batcher.close()
+
+
+async def test_queued_requests_expire_each_at_its_own_deadline_in_any_order() -> None:
+    # One timer stands for the soonest deadline: a later request with a sooner deadline must
+    # re-arm it, and each expiry must arm the next.
+    run = Recorder(block=True)
+    events = Events()
+    batcher: Batcher[int, int] = Batcher(run, policy(), events)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_until_started(run)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadlines = {1: 0.30, 2: 0.05, 3: 0.15}
+    waiting = {
+        n: asyncio.create_task(batcher.submit(n, deadline=start + d)) for n, d in deadlines.items()
+    }
+    kept = asyncio.create_task(batcher.submit(4))  # no deadline: runs once the instance frees
+    ended: dict[int, float] = {}
+
+    def note_end(n: int) -> Callable[[object], object]:
+        return lambda _: ended.setdefault(n, loop.time() - start)
+
+    for n, task in waiting.items():
+        task.add_done_callback(note_end(n))
+    for task in waiting.values():
+        with pytest.raises(DeadlineError):
+            await task
+    assert sorted(ended, key=ended.__getitem__) == [2, 3, 1]
+    for n, took in ended.items():
+        assert deadlines[n] - 0.002 <= took < deadlines[n] + 0.1, ended
+    assert events.drops == [DropReason.EXPIRED] * 3
+    run.release.set()
+    assert (await running, await kept) == (0, 40)
+    assert [p for b in run.batches for p in b] == [0, 4]
+    await batcher.close()
+
+
+async def test_deadlines_of_requests_that_ran_are_not_kept_without_bound() -> None:
+    # Every request carries a deadline far away; once run, its entry may wait in the deadline
+    # heap only until the heap is compacted, which bounds what the entries hold on to.
+    batcher: Batcher[int, int] = Batcher(Recorder(), policy(max_batch_size=4), Events())
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    for round_ in range(50):
+        answers = await asyncio.gather(
+            *(batcher.submit(n, deadline=loop.time() + 60) for n in range(4))
+        )
+        assert answers == [0, 10, 20, 30], round_
+        assert len(batcher._deadlines) <= 2 * 4 + 64 + 4
+    await batcher.close()
+    assert batcher._expiry is None  # closing stops the deadline timer
 
 
 async def test_abandoned_request_leaves_the_queue_and_others_are_served() -> None:

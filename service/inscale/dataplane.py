@@ -110,7 +110,7 @@ class DataPlane:
         slo_ms = model.config.latency_slo_ms
         # Counted from the request's arrival, not from now: under load, reading and decoding
         # take a share of the time the deadline and the objective allow.
-        arrived = asyncio.get_running_loop().time() - (time.perf_counter() - started)
+        arrived = model.batcher.time() - (time.perf_counter() - started)
         budget = timeout if slo_ms is None else min(timeout, slo_ms / 1000 * SLO_SHARE)
         deadline = arrived + budget
         key = model.key(arrays)
