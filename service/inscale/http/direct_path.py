@@ -171,14 +171,13 @@ class Exchange:
             task = protocol.loop.create_task(self._route.endpoint(call))
         finally:
             request_id.reset(token)
-        task.add_done_callback(self._finish)
+        task.add_done_callback(self._finish)  # which also takes it out of `tasks`
         # The server waits for these when it shuts down (uvicorn types them as None tasks).
-        tasks = cast("set[asyncio.Task[Any]]", protocol.tasks)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        cast("set[asyncio.Task[Any]]", protocol.tasks).add(task)
 
     def _finish(self, task: "asyncio.Task[Reply]") -> None:
         protocol = self._protocol
+        cast("set[asyncio.Task[Any]]", protocol.tasks).discard(task)
         if task.cancelled():
             if self._call is None or not client_gone(self._call):
                 # The server cancelled it: shutting down past its grace period.
