@@ -5,7 +5,9 @@ the test releases it), so the queue's state is known when the assertions run.
 """
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -241,18 +243,35 @@ async def test_queued_requests_expire_each_at_its_own_deadline_in_any_order() ->
     await batcher.close()
 
 
-async def test_deadlines_of_requests_that_ran_are_not_kept_without_bound() -> None:
-    # Every request carries a deadline far away; once run, its entry may wait in the deadline
-    # heap only until the heap is compacted, which bounds what the entries hold on to.
-    batcher: Batcher[int, int] = Batcher(Recorder(), policy(max_batch_size=4), Events())
+class Answer:
+    """A result that can be watched for being freed."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+async def test_deadlines_of_requests_that_ran_hold_neither_them_nor_their_results() -> None:
+    # Every request carries a deadline far away; once run, its heap entry waits until it
+    # surfaces or the heap is compacted, and it must not keep the answer alive meanwhile.
+    def run(payloads: Sequence[int]) -> Ran[Answer]:
+        return Ran([Answer(p * 10) for p in payloads], StepTimes(1, 2, 3))
+
+    batcher: Batcher[int, Answer] = Batcher(run, policy(max_batch_size=4), Events())
     batcher.start()
     loop = asyncio.get_running_loop()
+    freed: list[weakref.ref[Answer]] = []
     for round_ in range(50):
         answers = await asyncio.gather(
             *(batcher.submit(n, deadline=loop.time() + 60) for n in range(4))
         )
-        assert answers == [0, 10, 20, 30], round_
+        assert [a.value for a in answers] == [0, 10, 20, 30], round_
+        freed += [weakref.ref(a) for a in answers]
+        del answers
         assert len(batcher._deadlines) <= 2 * 4 + 64 + 4
+    gc.collect()
+    # All but the last round's (the loop may still hold the last batch a moment): a heap
+    # holding its requests strongly would keep up to 64 more.
+    assert all(ref() is None for ref in freed[:-4])
     await batcher.close()
     assert batcher._expiry is None  # closing stops the deadline timer
 

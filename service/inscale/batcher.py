@@ -157,6 +157,16 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
     state: _State = _State.QUEUED
     probe: bool = False  # admitted to an idle batcher whatever the estimate (see `_admit`)
+    # Its entry in the deadline heap, [deadline, order, self], while it is queued. Leaving the
+    # queue empties the entry's last slot, so an entry left behind holds nothing.
+    entry: "list[Any] | None" = None
+
+    def leave_queue(self, state: "_State") -> None:
+        self.state = state
+        entry = self.entry
+        if entry is not None:
+            entry[2] = None
+            self.entry = None
 
     def abandon(self, _: object) -> None:
         # Cancelling our own future (not the caller's task) makes `submit`'s await raise
@@ -213,9 +223,10 @@ class Batcher(Generic[T, R]):
             0  # requests queued so far: tells a wait that saw one from one that did not
         )
         # Deadlines of queued requests, soonest first, with one timer for the soonest: a
-        # timer per request cost about 3% of a request's CPU (issue 12's profile). Entries
-        # of requests that left the queue stay until they surface or the heap is compacted.
-        self._deadlines: list[tuple[float, int, _Pending[T, R]]] = []
+        # timer per request cost about 3% of a request's CPU (issue 12's profile). The
+        # entries of requests that left the queue (emptied: see `_Pending.entry`) stay until
+        # they surface or the heap is compacted.
+        self._deadlines: list[list[Any]] = []
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = math.inf
         self._closed = False
@@ -475,11 +486,14 @@ class Batcher(Generic[T, R]):
     def _watch_deadline(self, item: _Pending[T, R]) -> None:
         heap = self._deadlines
         if len(heap) > 2 * self._queued + 64:
-            # Mostly requests that have run: keep the queued ones, so the heap (and the
-            # results its entries hold) stays within a few times the queue.
-            heap[:] = [entry for entry in heap if entry[2].state is _State.QUEUED]
+            # Mostly emptied entries: keep the queued requests', so the heap stays within a
+            # few times the queue.
+            heap[:] = [entry for entry in heap if entry[2] is not None]
             heapq.heapify(heap)
-        heapq.heappush(heap, (item.deadline, self._arrivals, item))
+        # A list, not a tuple, so that leaving the queue can empty it; lists order as tuples
+        # do, and the order number (unique) settles ties before the request is compared.
+        entry = item.entry = [item.deadline, self._arrivals, item]
+        heapq.heappush(heap, entry)
         if item.deadline < self._expiry_at:
             self._arm(item.deadline)
 
@@ -496,16 +510,19 @@ class Batcher(Generic[T, R]):
         now = max(self._loop.time(), self._expiry_at)  # type: ignore[union-attr]
         self._expiry_at = math.inf
         heap = self._deadlines
-        while heap and (heap[0][0] <= now or heap[0][2].state is not _State.QUEUED):
-            item = heapq.heappop(heap)[2]
-            if item.state is _State.QUEUED:
+        while heap:
+            deadline, _, item = heap[0]
+            if item is not None and deadline > now:
+                break
+            heapq.heappop(heap)
+            if item is not None:
                 self._drop(item, DropReason.EXPIRED, DeadlineError("deadline passed while queued"))
         if heap:
             self._arm(heap[0][0])
 
     def _drop(self, item: _Pending[T, R], reason: DropReason, error: BaseException | None) -> None:
         """Take a queued request out; it stays in its deque as a shell until skipped."""
-        item.state = _State.DROPPED
+        item.leave_queue(_State.DROPPED)
         item.payload = None  # release the arrays now, not when the shell is skipped
         self._queued -= 1
         self._queued_rows -= item.rows
@@ -705,7 +722,7 @@ class Batcher(Generic[T, R]):
         rows = 0
         levels = set()
         for item in items:
-            item.state = _State.RUNNING
+            item.leave_queue(_State.RUNNING)
             rows += item.rows
             self._level_rows[item.level] -= item.rows
             levels.add(item.level)
