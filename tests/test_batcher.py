@@ -188,13 +188,19 @@ async def test_full_queue_rejects_at_once() -> None:
     await batcher.close()
 
 
-async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> None:
+async def occupied_batcher() -> tuple[Recorder, Events, Batcher[int, int], "asyncio.Task[int]"]:
+    """A batcher whose one instance is running request 0 until `run.release` is set."""
     run = Recorder(block=True)
     events = Events()
     batcher: Batcher[int, int] = Batcher(run, policy(), events)
     batcher.start()
     running = asyncio.create_task(batcher.submit(0))
     await wait_until_started(run)
+    return run, events, batcher, running
+
+
+async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> None:
+    run, events, batcher, running = await occupied_batcher()
     loop = asyncio.get_running_loop()
     with pytest.raises(DeadlineError):
         await batcher.submit(1, deadline=loop.time() + 0.05)
@@ -210,12 +216,7 @@ async def test_request_still_queued_at_its_deadline_fails_and_is_never_run() -> 
 async def test_queued_requests_expire_each_at_its_own_deadline_in_any_order() -> None:
     # One timer stands for the soonest deadline: a later request with a sooner deadline must
     # re-arm it, and each expiry must arm the next.
-    run = Recorder(block=True)
-    events = Events()
-    batcher: Batcher[int, int] = Batcher(run, policy(), events)
-    batcher.start()
-    running = asyncio.create_task(batcher.submit(0))
-    await wait_until_started(run)
+    run, events, batcher, running = await occupied_batcher()
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadlines = {1: 0.30, 2: 0.05, 3: 0.15}
