@@ -40,7 +40,7 @@ SHED_REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see RequestedOutput in inscale.protocols.v2.codec
 class Request:
     """What the batcher carries for one request."""
 

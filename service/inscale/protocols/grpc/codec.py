@@ -46,7 +46,7 @@ _CONTENT_FIELDS = frozenset(_CONTENTS.values())
 _WIRE_WIDTH = {"int_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint64)}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see RequestedOutput in inscale.protocols.v2.codec
 class GrpcInferRequest:
     id: str
     arrays: Arrays

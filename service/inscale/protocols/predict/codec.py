@@ -18,7 +18,7 @@ from inscale.validation import InputRules, input_spec
 _FIELDS = frozenset({"model", "version", "timeout_ms", "priority", "inputs"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see RequestedOutput in inscale.protocols.v2.codec
 class PredictRequest:
     model: str | None
     version: int | None
