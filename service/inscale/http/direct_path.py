@@ -7,10 +7,11 @@ on one core where the same answer from a protocol callback reaches 110,000 (issu
 On the Identity model that machinery was a fifth of the request. So `GuardedHttpToolsProtocol`
 serves the common inference request itself: once httptools has parsed the headers it asks
 `DirectPath.take`, and a request taken is an `Exchange` standing where uvicorn's cycle would.
-Its body is collected as httptools parses it; once complete, one task runs the route
-(`inscale.http.data_routes.serve`, the same as the ASGI driver's) and a done-callback writes the
-reply whole (`inscale.http.whole_response.response_bytes`) and completes the request as
-uvicorn would (keep-alive, `Connection: close`, the next pipelined request, counts).
+Its body is collected as httptools parses it; once complete, a `LeanTask` (a Task's stepping
+without its costs: `inscale.http.lean_task`) runs the route's endpoint, the same as the ASGI
+driver's, and its done-callback writes the reply whole
+(`inscale.http.whole_response.response_bytes`) and completes the request as uvicorn would
+(keep-alive, `Connection: close`, the next pipelined request, counts).
 
 Only a plain request is taken: a data route, no pipelined request waiting or in progress,
 a Content-Length within the limit and no Content-Encoding (`inscale.http.body.plain_length`),
@@ -20,7 +21,7 @@ driver (`inscale.http.fast_path`), which says what is wrong with it where someth
 the two drivers answer alike because everything after the read is the same code.
 """
 
-import asyncio
+import contextvars
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -37,6 +38,7 @@ from inscale.http.data_routes import (
     wire_headers,
 )
 from inscale.http.errors import ClientGone
+from inscale.http.lean_task import LeanTask
 from inscale.http.request_id import client_request_id
 from inscale.http.whole_response import response_bytes
 from inscale.logs import new_request_id, request_id
@@ -153,7 +155,7 @@ class Exchange:
         self._chunks.append(chunk)
 
     def start(self) -> None:
-        """The body is complete: run the route in a task of its own."""
+        """The body is complete: run the route's endpoint."""
         protocol = self._protocol
         direct = self._direct
         chunks = self._chunks
@@ -164,20 +166,19 @@ class Exchange:
         call = self._call = DataCall(
             direct.state, headers, self._params, body, self.started, protocol.gone()
         )
-        token = request_id.set(rid)  # the task copies the context: its log lines carry the id
-        try:
-            # The endpoint itself is the task (`data_routes.serve`'s frame would be one more
-            # for each resumption); its errors are answered in `_finish`, as `serve` would.
-            task = protocol.loop.create_task(self._route.endpoint(call))
-        finally:
-            request_id.reset(token)
-        task.add_done_callback(self._finish)  # which also takes it out of `tasks`
-        # The server waits for these when it shuts down (uvicorn types them as None tasks).
-        cast("set[asyncio.Task[Any]]", protocol.tasks).add(task)
+        context = contextvars.copy_context()
+        context.run(request_id.set, rid)  # every step runs in it: log lines carry the id
+        # The endpoint itself is what runs (`data_routes.serve`'s frame would be one more for
+        # each resumption); its errors are answered in `_finish`, as `serve` would.
+        task = LeanTask(self._route.endpoint(call), protocol.loop, context, self._finish)
+        # The server waits for these when it shuts down, and cancels them past its grace
+        # period; their count is the in-flight cap's (uvicorn types them as asyncio tasks).
+        cast("set[Any]", protocol.tasks).add(task)
+        task.start()
 
-    def _finish(self, task: "asyncio.Task[Reply]") -> None:
+    def _finish(self, task: LeanTask[Reply]) -> None:
         protocol = self._protocol
-        cast("set[asyncio.Task[Any]]", protocol.tasks).discard(task)
+        cast("set[Any]", protocol.tasks).discard(task)
         if task.cancelled():
             if self._call is None or not client_gone(self._call):
                 # The server cancelled it: shutting down past its grace period.
