@@ -266,7 +266,12 @@ def post_admitted(url: str, body: dict[str, object]) -> httpx.Response:
 
 def test_requests_past_the_in_flight_cap_get_503_at_once(test_repo: Path) -> None:
     with (
-        running_server(test_repo, "--max-requests-in-flight", "2") as server,
+        # The probe's connection idles while the two requests run (about 5 s on a quiet
+        # machine, longer on a busy one): a keep-alive timeout past that keeps it open for
+        # the last check, on the same connection.
+        running_server(
+            test_repo, "--max-requests-in-flight", "2", "--keep-alive-timeout-s", "60"
+        ) as server,
         ThreadPoolExecutor(4) as pool,
     ):
         assert server.port is not None

@@ -181,6 +181,32 @@ def test_sigterm_drains_in_flight_and_queued_requests(test_repo: Path) -> None:
         assert "shut down: every model drained" in proc.log_text()
 
 
+def test_sigterm_past_the_grace_period_cancels_what_is_left(test_repo: Path) -> None:
+    # The holder's run (about 5 s) outlasts the 1 s grace: uvicorn then cancels every request
+    # task. Each connection is closed without an answer (a client that kept waiting would not
+    # get one) and the queued request leaves the queue, well before the run ends.
+    with (
+        running_server(test_repo, "--shutdown-grace-s", "1") as proc,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        holder = hold(proc.url, pool, 5 * HOLD_WORK)
+        queued = pool.submit(post, proc.url, busy_body(3.0))
+        wait_for(proc.url, lambda s: s["queued"] == 1)
+        signalled = time.monotonic()
+        proc.terminate()
+        for request in (holder, queued):
+            with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+                request.result()
+        assert time.monotonic() - signalled < 4  # cut at the grace period, not the run's end
+        assert proc.proc is not None
+        assert proc.proc.wait(30) in (0, -signal.SIGTERM)
+        assert "Cancel 2 running task(s), timeout graceful shutdown exceeded" in proc.log_text()
+        records = proc.log_records()
+        (drained,) = [r for r in records if "requests_unanswered" in r]
+        assert drained["requests_unanswered"] == 2
+        assert not [r for r in records if "exc" in r]  # no failure behind the cancellations
+
+
 def test_health_and_listing(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/health/live").json() == {"live": True}
     assert httpx.get(f"{server.url}/health/ready").json() == {"ready": True}
