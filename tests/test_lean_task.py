@@ -7,6 +7,8 @@ every step runs in, and when the done-callback runs.
 
 import asyncio
 import contextvars
+import gc
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
@@ -99,6 +101,42 @@ def test_an_error_is_kept_and_raised_by_result(loop_kind: str) -> None:
             task.result()
 
     run(test, loop_kind)
+
+
+class Held:
+    """Something large a failing request's frames hold (its body, its arrays)."""
+
+
+@LOOPS
+def test_a_failed_request_is_freed_without_the_cyclic_collector(loop_kind: str) -> None:
+    async def test() -> None:
+        held: list[weakref.ref[Held]] = []
+
+        async def endpoint() -> None:
+            body = Held()
+            held.append(weakref.ref(body))
+            await asyncio.sleep(0)
+            raise ValueError("bad input")
+
+        task, ended = started(endpoint())
+        await asyncio.wait_for(ended.event.wait(), 5)
+        error = task.exception()
+        assert isinstance(error, ValueError)
+        frames = []
+        traceback = error.__traceback__
+        while traceback is not None:
+            frames.append(traceback.tb_frame.f_code.co_name)
+            traceback = traceback.tb_next
+        assert frames == ["endpoint"]  # where a Task's traceback starts
+        ended.calls.clear()  # the test's own cycle: the task holds `ended` as its callback
+        del task, ended, error, traceback
+        assert held[0]() is None  # freed by reference counting alone
+
+    gc.disable()
+    try:
+        run(test, loop_kind)
+    finally:
+        gc.enable()
 
 
 @LOOPS

@@ -106,6 +106,12 @@ class LeanTask(Generic[T]):
         except asyncio.CancelledError:
             self._end(None, None, cancelled=True)
         except BaseException as exc:  # the caller's to judge, as a Task's would be
+            # Its traceback starts at this frame, whose `self` is the task holding it: a
+            # cycle that only the cyclic collector frees, with the request's body and arrays
+            # in the frames (a test of bad requests saw RSS grow 300 MB). Without this frame
+            # the traceback starts where a Task's does, at the coroutine.
+            if exc.__traceback__ is not None:  # its first entry is this frame
+                exc.__traceback__ = exc.__traceback__.tb_next
             self._end(None, exc, cancelled=False)
         else:
             self._wait(yielded)
