@@ -251,6 +251,9 @@ def test_predict_broken_requests_are_refused_with_a_message_or_decoded_within_th
 @given(any_json(), st.sampled_from(sorted(BY_NAME)))
 @example([1e300], "FP32")
 @example([70000], "FP16")
+@example([65504, 65520], "FP16")  # the largest float16, and the least integer past it
+@example([[1e200, 1.0], [-3.5e38, 0.5]], "FP32")  # squares past float64's range
+@example([3.4e38, 1.0], "FP32")  # within range, at the edge
 @example([1, 2**63], "UINT64")  # numpy reads this pair as float64: exact integers are kept
 def test_json_values_become_arrays_of_the_dtype_or_are_refused(data: object, name: str) -> None:
     dtype = BY_NAME[name].numpy

@@ -6,6 +6,7 @@ Python work, and no silent truncation (1.5 for an integer input is an error, not
 """
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -78,12 +79,35 @@ def to_array(name: str, data: object, dtype: np.dtype) -> np.ndarray:
     if kind in "iu":
         _check_range(name, array, dtype)
         return array.astype(dtype)
+    if _fits(array, dtype):
+        return array.astype(dtype)
     try:
         # A finite number too large for the dtype (1e300 for FP32) would become infinity.
         with np.errstate(over="raise"):
             return array.astype(dtype)
     except FloatingPointError:
         raise InvalidInput(f"input '{name}': values outside the range of {dtype}") from None
+
+
+# The square of each narrower float type's largest finite value (see `_fits`).
+_MAX_SQUARED = {np.dtype(t): float(np.finfo(t).max) ** 2 for t in (np.float16, np.float32)}
+# The square of the largest magnitude of the integer arrays JSON makes.
+_INT_SQUARED = {np.dtype(np.int64): 2.0**126, np.dtype(np.uint64): 2.0**128}
+
+
+def _fits(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether casting `array` (float64 or 64-bit integers, as JSON makes them) to the float
+    `dtype` surely turns no finite value into infinity: one C call where `np.errstate` costs
+    a request about 2 us. The sum of squares bounds every square, so it is at most the
+    largest finite value squared only if every value is within range. False (NaN, infinity,
+    a value near the edge, a float16 model given large integers) leaves it to the exact check.
+    """
+    limit = _MAX_SQUARED.get(dtype)
+    if limit is None:
+        return False
+    if array.dtype.kind == "f":
+        return bool(np.vdot(array, array) <= limit)
+    return _INT_SQUARED.get(array.dtype, math.inf) <= limit
 
 
 def _check_range(name: str, array: np.ndarray, dtype: np.dtype) -> None:
