@@ -156,6 +156,34 @@ def test_an_idle_keep_alive_connection_closes_after_its_own_limit(
     assert 1 - 0.05 <= after_s < HEADER_TIMEOUT_S
 
 
+async def _answered_again_while_due(port: int) -> tuple[list[int], bytes, float]:
+    # Answers 0.6 s apart on one connection, over more than the 1 s limit from the first:
+    # the wait armed by the first answer finds a later one and waits on from that. The
+    # inference request takes the direct path, the probe FastAPI's: both end the same way.
+    connection = await Connection.open(port)
+    predict = b'{"model": "identity", "inputs": [[1, 2, 3, 4]]}'
+    statuses = []
+    try:
+        for path, body in [("/health/live", b""), ("/predict", predict)] * 2:
+            answer = await connection.call("POST" if body else "GET", path, body)
+            statuses.append(answer.status)
+            answered = time.monotonic()
+            await asyncio.sleep(0.6)
+        data, closed_at = await connection.closed_after(1 + SLACK_S)
+    finally:  # a failed call must not leave the socket for a later test's GC to report
+        await connection.close()
+    return statuses, data, closed_at - answered
+
+
+def test_a_connection_answered_again_gets_the_limit_from_its_last_answer(
+    strict_server: ServerProcess,
+) -> None:
+    assert strict_server.port is not None
+    statuses, data, after_s = asyncio.run(_answered_again_while_due(strict_server.port))
+    assert statuses == [200] * 4 and data == b""  # open all along: 1.8 s, limit 1 s
+    assert 1 - 0.05 <= after_s < HEADER_TIMEOUT_S  # 1 s after the last answer
+
+
 # -- caps ---------------------------------------------------------------------------------
 
 
