@@ -327,6 +327,12 @@ def test_flags_reach_every_worker_and_beat_its_environment(tmp_path: Path) -> No
     flags = ["--workers", "2", "--log-format", "text", "--default-model", "b"]
     flags += ["--max-body-bytes", "2048", "--no-metrics"]
     with running_server(tmp_path, *flags, env=env) as server:
+        # Ready means one worker is; on a loaded machine the second one started after all the
+        # requests below (a fresh-clone run saw its startup line only after the last of them).
+        deadline = time.monotonic() + 60
+        while len(set(_STARTED.findall(server.log_text()))) < 2:
+            assert time.monotonic() < deadline, server.log_text()
+            time.sleep(0.05)
         for _ in range(6):  # separate connections, so both workers are likely to serve some
             answer = _predict_once_loaded(server.url, [[1.0, 2.0, 3.0, 4.0]])
             assert answer.status_code == 200, answer.text
