@@ -16,7 +16,14 @@ PYTHON="${PYTHON:-python3}"
 PACKAGES=("tritonclient[http]==2.50.0" "nvidia-cuda-runtime-cu12")
 STAMP="$VENV/.inscale-installed"
 
-log() { printf '\033[1m[perf_analyzer]\033[0m %s\n' "$*" >&2; }
+# Bold only on a terminal, as scripts/dev: CI logs and redirected output get no escape codes.
+log() {
+    if [ -t 2 ]; then
+        printf '\033[1m[perf_analyzer]\033[0m %s\n' "$*" >&2
+    else
+        printf '[perf_analyzer] %s\n' "$*" >&2
+    fi
+}
 
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "${PACKAGES[*]}" ]; then
     log "installing ${PACKAGES[*]} into $VENV"
